@@ -1,0 +1,251 @@
+"""Training plumbing shared by the CAM and segmentation trainers.
+
+Device choice, seeding, the poly LR schedule, resumable checkpoints, a resumable CSV loss log with
+its plot, and thin torch.distributed helpers for ``torchrun`` (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import S2CError
+from .io import atomic_path
+
+
+# ----------------------------------------------------------------------------- device / seeds
+def select_device(spec: str = "auto") -> torch.device:
+    """Resolve ``auto|cpu|cuda|cuda:N`` to a device.
+
+    ``auto`` = CUDA when available, else CPU. Under ``torchrun`` with several processes a bare
+    ``cuda``/``auto`` picks ``cuda:$LOCAL_RANK`` so each process owns one GPU.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if spec in ("auto", "cuda") or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise S2CError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+        if spec.startswith("cuda:"):
+            try:
+                idx = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise S2CError(f"--device {spec}: expected cuda:N with an integer N") from None
+            if not 0 <= idx < torch.cuda.device_count():
+                raise S2CError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            return torch.device("cuda", idx)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    raise S2CError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Deterministic kernels are not forced."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def poly_lr(base_lr: float, step: int, total: int, power: float = 0.9) -> float:
+    """Polynomial decay: ``base_lr * (1 - step/total) ** power``, clamped at 0 past ``total``."""
+    if total <= 0:
+        return base_lr
+    frac = min(max(step, 0), total) / total
+    return base_lr * (1.0 - frac) ** power
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Keeps ``<dir>/last.pt``: one resumable state, replaced atomically on every save.
+
+    The state is any picklable dict; by convention it carries ``epoch`` (epochs completed),
+    ``step`` (optimizer steps completed), ``model``, ``optimizer`` and RNG states.
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str = "last.pt"):
+        self.dir = Path(directory)
+        self.path = self.dir / name
+
+    def save(self, state: dict) -> Path:
+        """Write ``state`` to last.pt via a temporary file + rename (a kill never leaves half a file)."""
+        if "epoch" not in state:
+            raise S2CError(f"checkpoint state for {self.path} needs an 'epoch' key (epochs completed)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        return self.path
+
+    def load(self, map_location: str | torch.device = "cpu") -> dict | None:
+        """The saved state, or None when no checkpoint exists."""
+        if not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location=map_location, weights_only=False)
+        except Exception as e:  # a truncated/corrupt pickle: say which file to delete
+            raise S2CError(f"cannot read checkpoint {self.path} ({e.__class__.__name__}: {e}); "
+                           "delete it to restart training from scratch") from None
+
+
+def rng_state() -> dict:
+    """Snapshot of python/numpy/torch(/cuda) RNGs, to store in a checkpoint."""
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore a :func:`rng_state` snapshot."""
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"].cpu())
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+
+
+# ----------------------------------------------------------------------------- logging
+class CSVLogger:
+    """Append rows to a CSV with fixed columns; resumable without duplicated rows.
+
+    ``resume_step=None`` starts a fresh file (header only). ``resume_step=k`` keeps the existing
+    rows whose ``step_key`` value is < k (the steps a checkpoint already covers) and appends after
+    them, so rows logged after the last checkpoint by a killed run are dropped, not duplicated.
+    """
+
+    def __init__(self, path: str | os.PathLike, fieldnames: Sequence[str], resume_step: int | None = None,
+                 step_key: str = "step"):
+        self.path = Path(path)
+        self.fieldnames = list(fieldnames)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[dict] = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        if step_key in row and int(float(row[step_key])) < resume_step:
+                            kept.append(row)
+                    except (TypeError, ValueError):
+                        continue  # a half-written last line from a killed run
+        # Rewrite via rename so a kill here cannot lose the rows we keep.
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fieldnames, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(kept)
+        self._f = open(self.path, "a", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=self.fieldnames, extrasaction="ignore")
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one row (missing columns left empty) and flush."""
+        self._w.writerow({k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in row.items()})
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "CSVLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def plot_csv(csv_path: str | os.PathLike, png_path: str | os.PathLike, columns: Iterable[str],
+             x: str = "step", title: str | None = None) -> Path:
+    """Plot ``columns`` of a CSV against ``x`` (row index when absent) into a PNG (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def col(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows])
+
+    xs = col(x) if rows and x in rows[0] else np.arange(len(rows), dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c in columns:
+        if rows and c in rows[0]:
+            ys = col(c)
+            if np.isfinite(ys).any():
+                ax.plot(xs, ys, label=c, linewidth=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel("value")
+    if title:
+        ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+# ----------------------------------------------------------------------------- DDP
+def ddp_init(backend: str | None = None) -> tuple[int, int, int]:
+    """Join the process group described by torchrun's env vars; returns (rank, world, local_rank).
+
+    Without ``WORLD_SIZE`` (or with 1) this is a no-op returning (0, 1, 0). Backend: nccl when
+    CUDA is available, else gloo; pass ``backend="gloo"`` to force CPU training on a GPU machine.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return rank, world, local_rank
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """True on rank 0 (and always when not distributed): the process that writes files."""
+    return not is_dist() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def ddp_cleanup() -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity when not distributed); for logging only."""
+    if not is_dist():
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (itself otherwise)."""
+    return model.module if hasattr(model, "module") else model
