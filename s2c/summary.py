@@ -1,0 +1,62 @@
+"""Print the run's headline table: CAM / pseudo-label / segmentation mIoU (`python -m s2c.summary`).
+
+Usage: ``python -m s2c.summary results/<run>/metrics/{cam_train,pseudo_train,seg_val}.json``.
+Also prints each stage's wall time when Snakemake benchmark files sit next to the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from .errors import S2CError, cli_main
+
+ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)"}
+
+
+def load_metric(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise S2CError(f"metrics file not found: {path}; run its stage first (snakemake {path})") from None
+    except json.JSONDecodeError as e:
+        raise S2CError(f"metrics file {path} is not valid JSON ({e}); delete it and rerun its stage") from None
+
+
+def stage_times(bench_dir: Path) -> list[tuple[str, float]]:
+    """(stage, seconds) from Snakemake `benchmark:` TSV files in ``bench_dir``."""
+    out = []
+    for tsv in sorted(bench_dir.glob("*.tsv")):
+        with open(tsv) as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        if rows:
+            out.append((tsv.stem, float(rows[0]["s"])))
+    return out
+
+
+def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) -> str:
+    lines = [f"{'metric':<24} {'mIoU %':>8}  {'extra'}", "-" * 48]
+    for key, m in metrics.items():
+        extra = f"bg threshold {m['threshold']:.2f}" if "threshold" in m else ""
+        lines.append(f"{ROWS.get(key, key):<24} {m['miou']:>8.2f}  {extra}")
+    if times:
+        lines += ["", f"{'stage':<32} {'wall s':>8}", "-" * 41]
+        lines += [f"{name:<32} {sec:>8.1f}" for name, sec in times]
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m s2c.summary", description=__doc__)
+    ap.add_argument("metrics", nargs="+", type=Path, help="metric JSON files (cam_train, pseudo_train, seg_val)")
+    args = ap.parse_args(argv)
+    metrics = {p.stem: load_metric(p) for p in args.metrics}
+    bench = args.metrics[0].parent.parent / "benchmarks"
+    print(format_table(metrics, stage_times(bench) if bench.is_dir() else []))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+# Stage 1: the S2C CAM classifier, its multi-scale CAMs, and their evaluation.
+
+
+rule train_cam:
+    input:
+        images=split_list(SPLITS["train"]),
+        embed=train_cam_cache("embed"),
+        se=train_cam_cache("se"),
+        sam=sam_checkpoint(),
+        backbone=backbone_weights("cam"),
+    output:
+        model=f"{RESULTS}/cam/model.pt",
+        curve=report(
+            f"{RESULTS}/cam/losses.png",
+            caption="../report/losses.rst",
+            category="Training",
+        ),
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["cam"]),
+        sam=as_json({k: SAM[k] for k in ("model_type", "checkpoint")}),
+        split=SPLITS["train"],
+        out=lambda wc, output: os.path.dirname(output.model),
+        embed=lambda wc, input: f"--embed-manifest {input.embed}" if input.embed else "",
+        se=lambda wc, input: f"--se-manifest {input.se}" if input.se else "",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/train_cam.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_cam.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    shell:
+        "python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split}"
+        " {params.embed} {params.se} --out {params.out} --weights-dir {params.weights}"
+        " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device} > {log} 2>&1"
+
+
+rule infer_cam:
+    input:
+        model=f"{RESULTS}/cam/model.pt",
+        images=split_list("{split}"),
+    output:
+        f"{RESULTS}/cams/{{split}}.h5",
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["infer_cam"]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/infer_cam.{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/infer_cam.{{split}}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m s2c.infer_cam --model {input.model} --data-cfg {params.data:q}"
+        " --split {wildcards.split} --out {output} --cfg {params.cfg:q}"
+        " --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
+
+
+rule eval_cam:
+    input:
+        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
+        images=split_list(SPLITS["cam_eval"]),
+    output:
+        metrics=f"{RESULTS}/metrics/cam_train.json",
+        bar=report(
+            f"{RESULTS}/figures/cam_train_iou.png",
+            caption="../report/iou_bar.rst",
+            category="Metrics",
+            subcategory="CAM",
+        ),
+    params:
+        data=DATA_CFG,
+        cfg=as_json(config["eval_cam"]),
+        split=SPLITS["cam_eval"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/eval_cam.log",
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m s2c.eval_cam --cams {input.cams} --data-cfg {params.data:q} --split {params.split}"
+        " --out {output.metrics} --cfg {params.cfg:q} --bar {output.bar} > {log} 2>&1"

@@ -1,0 +1,85 @@
+# Paths, part lists and per-rule config slices. The one place that names workflow files.
+import json
+import os
+import sys
+from pathlib import Path
+
+# Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
+# `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+RESULTS = f"results/{config['run']}"
+WEIGHTS = config["weights_dir"]
+SAM = config["sam"]
+PARTS = list(range(SAM["parts"]))
+SPLITS = config["splits"]
+# The cache depends on the data and the SAM model only, so runs (baseline, S2C, ablations) share it.
+CACHE = f"cache/{config['dataset']}/{SAM['model_type']}"
+
+
+def as_json(obj):
+    """Config slice as JSON text; rules pass it as a `params` entry quoted with `:q`, so editing
+    one section reruns only the rules that take it."""
+    return json.dumps(obj, sort_keys=True)
+
+
+DATA_CFG = as_json(config["data"])
+
+
+def split_list(split):
+    """The file that defines a split's image list; a rule input so list edits rerun the DAG."""
+    root = config["data"]["root"]
+    if config["data"]["kind"] == "voc":
+        return f"{root}/ImageSets/Segmentation/{split}.txt"
+    return f"{root}/annotations/instances_{split}.json"
+
+
+def sam_checkpoint():
+    """SAM checkpoint path: the user's, or MobileSAM provisioned into the weights dir."""
+    if SAM["checkpoint"]:
+        return SAM["checkpoint"]
+    if SAM["model_type"] != "vit_t":
+        raise ValueError(
+            f"config sam.checkpoint is empty but sam.model_type={SAM['model_type']!r} needs the "
+            "official checkpoint: download it (see README, 'SAM weights') and set sam.checkpoint"
+        )
+    return f"{WEIGHTS}/mobile_sam.pt"
+
+
+def backbone_weights(section):
+    """Provisioned ImageNet weights a backbone needs (empty when none are fetched by us)."""
+    cfg = config[section]
+    if cfg["backbone"] == "efficientnet_lite0" and cfg["pretrained"] is True:
+        return [f"{WEIGHTS}/efficientnet_lite0.pth"]
+    return []
+
+
+def sam_embed_cfg():
+    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt")})
+
+
+def sam_everything_cfg():
+    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "skip_corrupt", "everything")})
+
+
+def final_metrics():
+    return [
+        f"{RESULTS}/metrics/cam_train.json",
+        f"{RESULTS}/metrics/pseudo_train.json",
+        f"{RESULTS}/metrics/seg_val.json",
+    ]
+
+
+def train_cam_cache(kind):
+    """Cache manifests the trainer streams; the L_CLS-only baseline and online SAM need none."""
+    cam = config["cam"]
+    needs_se = cam["ssc"]["enabled"]
+    needs_embed = cam["cpm"]["enabled"] and cam["sam_mode"] == "cached"
+    if (kind == "se" and needs_se) or (kind == "embed" and needs_embed):
+        return [f"{CACHE}/{SPLITS['train']}/{kind}.json"]
+    return []
+
+
+def pseudo_se_manifest():
+    if config["pseudo"]["refine"] == "sam":
+        return [f"{CACHE}/{SPLITS['train']}/se.json"]
+    return []

@@ -1,0 +1,63 @@
+# Data preparation and weight provisioning (CPU, no GPU).
+
+if config["synthetic"]["enabled"]:
+
+    rule make_synthetic_data:
+        output:
+            expand(
+                "{root}/ImageSets/Segmentation/{split}.txt",
+                root=config["data"]["root"],
+                split=["train", "val", "train_aug"],
+            ),
+        params:
+            root=lambda wc, output: str(Path(output[0]).parents[2]),
+            cfg=config["synthetic"],
+        conda:
+            "../../environment.yml"
+        log:
+            "logs/make_synthetic_data.log",
+        benchmark:
+            "benchmarks/make_synthetic_data.tsv"
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        shell:
+            "python -m s2c.data.synthetic --root {params.root} --n-train {params.cfg[n_train]}"
+            " --n-val {params.cfg[n_val]} --size {params.cfg[size]} --seed {params.cfg[seed]}"
+            " > {log} 2>&1"
+
+
+rule fetch_mobile_sam:
+    output:
+        f"{WEIGHTS}/mobile_sam.pt",
+    params:
+        weights=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/fetch_mobile_sam.log",
+    benchmark:
+        "benchmarks/fetch_mobile_sam.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=20,
+    shell:
+        "python -m s2c.weights --weights-dir {params.weights} --mobile-sam > {log} 2>&1"
+
+
+rule fetch_efficientnet_lite0:
+    output:
+        f"{WEIGHTS}/efficientnet_lite0.pth",
+    params:
+        weights=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/fetch_efficientnet_lite0.log",
+    benchmark:
+        "benchmarks/fetch_efficientnet_lite0.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=20,
+    shell:
+        "python -m s2c.weights --weights-dir {params.weights} --efficientnet-lite0 > {log} 2>&1"

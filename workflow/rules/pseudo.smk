@@ -1,0 +1,56 @@
+# Stage 2: CAMs → pseudo-labels (threshold from eval_cam; optional CRF or SAM post-processing).
+
+
+rule pseudo_labels:
+    input:
+        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
+        threshold=f"{RESULTS}/metrics/cam_train.json",
+        se=pseudo_se_manifest(),
+    output:
+        directory(f"{RESULTS}/pseudo/{SPLITS['train']}"),
+    params:
+        data=DATA_CFG,
+        cfg=as_json(config["pseudo"]),
+        split=SPLITS["train"],
+        se=lambda wc, input: f"--se-manifest {input.se}" if input.se else "",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/pseudo_labels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pseudo_labels.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "python -m s2c.pseudo_labels --cams {input.cams} --threshold-json {input.threshold}"
+        " --data-cfg {params.data:q} --split {params.split} --out {output} --cfg {params.cfg:q}"
+        " {params.se} > {log} 2>&1"
+
+
+rule eval_pseudo:
+    input:
+        pred=f"{RESULTS}/pseudo/{SPLITS['train']}",
+        images=split_list(SPLITS["cam_eval"]),
+    output:
+        metrics=f"{RESULTS}/metrics/pseudo_train.json",
+        bar=report(
+            f"{RESULTS}/figures/pseudo_train_iou.png",
+            caption="../report/iou_bar.rst",
+            category="Metrics",
+            subcategory="Pseudo-labels",
+        ),
+    params:
+        data=DATA_CFG,
+        split=SPLITS["cam_eval"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/eval_pseudo.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m s2c.eval_labels --pred {input.pred} --data-cfg {params.data:q}"
+        " --split {params.split} --out {output.metrics} --bar {output.bar} > {log} 2>&1"

@@ -1,0 +1,76 @@
+# SAM cache: heavy encoder and segment-everything run once per original image, one store per part
+# (one writer per Zarr store), then a join writes the manifest the readers open.
+
+
+rule sam_embed:
+    input:
+        images=split_list("{split}"),
+        ckpt=sam_checkpoint(),
+    output:
+        directory(f"{CACHE}/{{split}}/embed.part{{part}}.zarr"),
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=sam_embed_cfg(),
+        parts=len(PARTS),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{CACHE}/logs/sam_embed.{{split}}.part{{part}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_embed.{{split}}.part{{part}}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split}"
+        " --part {wildcards.part} --parts {params.parts} --out {output}"
+        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
+
+
+rule sam_everything:
+    input:
+        images=split_list("{split}"),
+        ckpt=sam_checkpoint(),
+    output:
+        directory(f"{CACHE}/{{split}}/se.part{{part}}.zarr"),
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=sam_everything_cfg(),
+        parts=len(PARTS),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{CACHE}/logs/sam_everything.{{split}}.part{{part}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_everything.{{split}}.part{{part}}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    shell:
+        "python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split}"
+        " --part {wildcards.part} --parts {params.parts} --out {output}"
+        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
+
+
+rule sam_cache_join:
+    input:
+        expand(f"{CACHE}/{{{{split}}}}/{{{{kind}}}}.part{{part}}.zarr", part=PARTS),
+    output:
+        f"{CACHE}/{{split}}/{{kind}}.json",
+    wildcard_constraints:
+        kind="embed|se",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{CACHE}/logs/sam_cache_join.{{split}}.{{kind}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m s2c.sam_cache join --kind {wildcards.kind} --parts {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,66 @@
+# Stage 3: DeepLab trained on the pseudo-labels, evaluated on val (target of eval_voc / eval_coco).
+
+
+rule train_seg:
+    input:
+        labels=f"{RESULTS}/pseudo/{SPLITS['train']}",
+        images=split_list(SPLITS["train"]),
+        backbone=backbone_weights("seg"),
+    output:
+        model=f"{RESULTS}/seg/model.pt",
+        curve=report(
+            f"{RESULTS}/seg/losses.png",
+            caption="../report/losses.rst",
+            category="Training",
+        ),
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["seg"]),
+        split=SPLITS["train"],
+        out=lambda wc, output: os.path.dirname(output.model),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/train_seg.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_seg.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    shell:
+        "python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split}"
+        " --labels {input.labels} --out {params.out} --cfg {params.cfg:q}"
+        " --weights-dir {params.weights} --device {params.device} > {log} 2>&1"
+
+
+rule eval_seg:
+    input:
+        model=f"{RESULTS}/seg/model.pt",
+        images=split_list(SPLITS["val"]),
+    output:
+        metrics=f"{RESULTS}/metrics/seg_val.json",
+        pred=directory(f"{RESULTS}/seg/pred_{SPLITS['val']}"),
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["eval_seg"]),
+        split=SPLITS["val"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/eval_seg.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_seg.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m s2c.eval_seg --model {input.model} --data-cfg {params.data:q}"
+        " --split {params.split} --out-json {output.metrics} --out-dir {output.pred}"
+        " --cfg {params.cfg:q} --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
