@@ -1,0 +1,36 @@
+"""Shared test fixtures: a tiny generated VOC-layout dataset and the real COCO sample (skips when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# The test machine's few cores are shared; more threads only add contention.
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def synthetic_voc(tmp_path_factory) -> Path:
+    """Root of a generated VOC-layout dataset: 8 train + 2 train_aug-only, 4 val images, long side
+    112 px, seed 0, the default synthetic classes. Treat as read-only (session-shared)."""
+    from s2c.data.synthetic import make_synthetic_voc
+
+    root = tmp_path_factory.mktemp("synthetic_voc") / "voc"
+    return make_synthetic_voc(root, n_train=8, n_val=4, size=112, seed=0, n_aug=2)
+
+
+@pytest.fixture(scope="session")
+def coco_mini_root() -> Path:
+    """Root of the real 315-image COCO sample (``<repo>/../shared/data/coco-mini``); skips when absent."""
+    if not (COCO_MINI / "annotations" / "instances_val.json").is_file():
+        pytest.skip(f"real COCO sample not found at {COCO_MINI}")
+    return COCO_MINI
