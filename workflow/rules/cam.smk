@@ -37,7 +37,7 @@ rule train_cam:
         mem_mb=16000,
         runtime=1440,
     shell:
-        "python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split}"
+        "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split}"
         " {params.embed} {params.se} --out {params.out} --weights-dir {params.weights}"
         " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device} > {log} 2>&1"
 
@@ -64,7 +64,7 @@ rule infer_cam:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.infer_cam --model {input.model} --data-cfg {params.data:q}"
+        "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model} --data-cfg {params.data:q}"
         " --split {wildcards.split} --out {output} --cfg {params.cfg:q}"
         " --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
 

@@ -25,7 +25,7 @@ rule sam_embed:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split}"
+        "python -m s2c.gpu_slot python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split}"
         " --part {wildcards.part} --parts {params.parts} --out {output}"
         " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
 
@@ -53,7 +53,7 @@ rule sam_everything:
         mem_mb=8000,
         runtime=720,
     shell:
-        "python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split}"
+        "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split}"
         " --part {wildcards.part} --parts {params.parts} --out {output}"
         " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
 

@@ -32,7 +32,7 @@ rule train_seg:
         mem_mb=16000,
         runtime=1440,
     shell:
-        "python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split}"
+        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split}"
         " --labels {input.labels} --out {params.out} --cfg {params.cfg:q}"
         " --weights-dir {params.weights} --device {params.device} > {log} 2>&1"
 
@@ -61,6 +61,6 @@ rule eval_seg:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.eval_seg --model {input.model} --data-cfg {params.data:q}"
+        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model} --data-cfg {params.data:q}"
         " --split {params.split} --out-json {output.metrics} --out-dir {output.pred}"
         " --cfg {params.cfg:q} --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
