@@ -1,0 +1,95 @@
+"""CAM mIoU against ground truth, with the background threshold searched on a grid (METHOD.md §7).
+
+Prediction at threshold t = argmax over [t; CAMs of the image's labelled classes]; IoU comes from
+one confusion matrix per threshold accumulated over the whole split in a single pass
+(:class:`s2c.metrics.ThresholdSearch`). The JSON reports the best threshold:
+``{"miou", "iou", "threshold", "n_images", "miou_by_threshold"}`` (percent values).
+
+CLI::
+
+    python -m s2c.eval_cam --cams cams_train.h5 --data-cfg '{...}' --split train \
+        --out results/run/metrics/cam_train.json --cfg '{"thresholds": [0.05, ..., 0.95]}' [--bar iou.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import S2CError, cli_main
+from .infer_cam import CAMStore, merge_cfg, parse_json_arg
+from .metrics import DEFAULT_THRESHOLDS, ThresholdSearch, with_background, write_metrics
+
+DEFAULTS: dict = {
+    "thresholds": list(DEFAULT_THRESHOLDS),
+}
+
+
+def gt_mask(ds, image_id: str) -> np.ndarray:
+    """The GT label map uint8 (H, W) of ``image_id``; S2CError naming the expected file if absent."""
+    m = ds.load_mask(image_id)
+    if m is None:
+        where = ds._mask_path(image_id) if hasattr(ds, "_mask_path") else f"the {ds.split} GT of {ds.root}"
+        raise S2CError(f"no ground-truth label map for image {image_id!r}: {where} is missing; "
+                       "evaluate a split whose images all have masks (e.g. VOC train, val)")
+    return m
+
+
+def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
+                  cfg: dict | None = None, bar: str | Path | None = None, progress: bool = True) -> dict:
+    """Search the background threshold for the CAM store ``cams`` on ``split``; write JSON ``out``
+    (and a per-class IoU bar chart PNG ``bar``). Returns the metrics dict."""
+    from .data import open_dataset
+
+    cfg = merge_cfg(DEFAULTS, cfg, "eval_cam")
+    try:
+        thresholds = [float(t) for t in cfg["thresholds"]]
+    except (TypeError, ValueError):
+        raise S2CError(f"eval_cam: 'thresholds' must be a list of numbers, got {cfg['thresholds']!r}") from None
+    ds = open_dataset(data_cfg, split)
+    store = CAMStore(cams)
+    store.check_split(split, ds.class_names)
+    names = with_background(ds.class_names)
+    search = ThresholdSearch(len(names), thresholds)
+    try:
+        for image_id in tqdm(ds.ids, desc=f"eval_cam {split}", disable=not progress):
+            gt = gt_mask(ds, image_id)
+            c, k = store.get(image_id)
+            search.add(c, k, gt)
+    finally:
+        store.close()
+    if search.n_images == 0:
+        raise S2CError(f"split {split!r} has no images to evaluate; check data.root and the image list")
+    t, cm, mious = search.best()
+    curve = {f"{th:g}": (None if not np.isfinite(m) else round(100 * float(m), 4))
+             for th, m in zip(thresholds, mious)}
+    result = write_metrics(out, cm, names, threshold=t, n_images=search.n_images, miou_by_threshold=curve)
+    if bar is not None:
+        from .figures import plot_iou_bars
+
+        plot_iou_bars(result, bar, title=f"CAM IoU ({split}, t={t:g})")
+    return result
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s2c.eval_cam", description=__doc__.split("\n")[0])
+    p.add_argument("--cams", type=Path, required=True, help="CAM store written by infer_cam")
+    p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
+    p.add_argument("--split", required=True, help="split the store was made for (needs GT masks)")
+    p.add_argument("--out", type=Path, required=True, help="output metrics JSON")
+    p.add_argument("--cfg", default="{}", help="JSON: eval_cam section (thresholds)")
+    p.add_argument("--bar", type=Path, default=None, help="also write a per-class IoU bar chart PNG")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a = p.parse_args(argv)
+    r = evaluate_cams(a.cams, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out,
+                      parse_json_arg(a.cfg, "--cfg"), a.bar, progress=not a.no_progress)
+    print(f"CAM mIoU {r['miou']} at threshold {r['threshold']:g} over {r['n_images']} images")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
