@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 # Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
 # `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -23,6 +25,12 @@ def as_json(obj):
 
 
 DATA_CFG = as_json(config["data"])
+
+if not config["synthetic"]["enabled"] and not Path(config["data"]["root"]).is_dir():
+    raise WorkflowError(
+        f"config data.root: dataset folder {config['data']['root']!r} not found; point data.root at "
+        f"your {config['data']['kind'].upper()} root (see README, 'Real datasets')"
+    )
 
 
 def split_list(split):
