@@ -1,0 +1,155 @@
+"""The CAM classifier of S2C (METHOD.md §2): backbone → F (256-d) → CAMs → GAP logits.
+
+``build_classifier(cam_cfg, num_classes, weights_dir)`` reads these keys of the config's ``cam``
+section (any other keys — the trainer's — are ignored):
+
+=================  ===========  ============================================================
+key                default      meaning
+=================  ===========  ============================================================
+backbone           resnet38d    resnet38d | efficientnet_lite0 | resnet50 | resnet101
+pretrained         true         true (default ImageNet source, see s2c.models.backbones),
+                                false (random), or a path to a weights file
+output_stride      8            final feature stride
+freeze_bn          true         all backbone BatchNorms in eval mode, affine params frozen
+freeze_stem        true         backbone stem frozen (resnet38d: conv1a, b2, b2_1, b2_2)
+feat_dim           256          D, channels of the feature map F
+=================  ===========  ============================================================
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import S2CError
+from .backbones import Backbone, build_backbone
+
+CAM_DEFAULTS = {
+    "backbone": "resnet38d",
+    "pretrained": True,
+    "output_stride": 8,
+    "freeze_bn": True,
+    "freeze_stem": True,
+    "feat_dim": 256,
+}
+
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that stays in eval mode: ``train()`` is a no-op. Produced by :func:`freeze_bn`
+    by swapping the class of existing layers, so weights, state-dict keys and ``isinstance``
+    checks are unchanged and the model still pickles/deep-copies."""
+
+    def train(self, mode: bool = True) -> "EvalBatchNorm2d":
+        return super().train(False)
+
+
+def freeze_bn(module: nn.Module) -> nn.Module:
+    """Freeze every BatchNorm2d in ``module``: running statistics fixed, affine params without grad.
+
+    The layers are put in eval mode and stay there across later ``module.train()`` calls, so the
+    ImageNet statistics are used even with the tiny batches of WSSS training. Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = EvalBatchNorm2d
+            elif not isinstance(m, EvalBatchNorm2d):
+                raise S2CError(f"freeze_bn: cannot freeze {type(m).__name__}; convert it to nn.BatchNorm2d first")
+            m.train(False)
+            m.requires_grad_(False)
+    return module
+
+
+def freeze_modules(modules: list[nn.Module]) -> None:
+    """Stop gradients of ``modules`` (their BN statistics are handled by :func:`freeze_bn`)."""
+    for m in modules:
+        m.requires_grad_(False)
+
+
+def cfg_get(cfg: dict, defaults: dict, section: str) -> dict:
+    """``defaults`` overridden by the matching keys of ``cfg``; type errors name the key."""
+    out = dict(defaults)
+    for k in defaults:
+        if k in cfg and cfg[k] is not None:
+            out[k] = cfg[k]
+    for k in ("output_stride", "feat_dim"):
+        if k in out and (isinstance(out[k], bool) or not isinstance(out[k], int)):
+            raise S2CError(f"config key {section}.{k} must be an integer, got {out[k]!r}")
+    for k in ("freeze_bn", "freeze_stem"):
+        if k in out and not isinstance(out[k], bool):
+            raise S2CError(f"config key {section}.{k} must be true or false, got {out[k]!r}")
+    if not isinstance(out.get("pretrained"), (bool, str)):
+        raise S2CError(f"config key {section}.pretrained must be true, false or a file path, got {out.get('pretrained')!r}")
+    return out
+
+
+class CAMClassifier(nn.Module):
+    """Multi-label classifier whose logits are the spatial mean of its class activation maps.
+
+    Args:
+        backbone: a :class:`Backbone` (``.out_channels`` = E).
+        num_classes: C, foreground classes (label index 0..C-1).
+        feat_dim: D, channels of F.
+
+    forward(x (B,3,H,W)) → {
+        "feats":  (B,D,h,w)  F = ReLU(1×1 conv E→D, no bias) of the backbone map,
+        "cams":   (B,C,h,w)  1×1 conv D→C (no bias) of F, before any ReLU,
+        "logits": (B,C)      GAP of the CAMs (== cams.mean((2,3)), linear so GAP commutes),
+    } with h = ⌈H/os⌉ for the backbone's output stride os.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, feat_dim: int = 256) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.feat_dim = feat_dim
+        self.proj = nn.Conv2d(backbone.out_channels, feat_dim, 1, bias=False)
+        self.classifier = nn.Conv2d(feat_dim, num_classes, 1, bias=False)
+        # Xavier init for the from-scratch layers, as the reference does for its new convs.
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.xavier_uniform_(self.classifier.weight)
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    def new_modules(self) -> list[nn.Module]:
+        """Layers trained from scratch (10× learning rate in the reference)."""
+        return [self.proj, self.classifier]
+
+    def param_groups(self, lr_mult_new: float = 10.0) -> list[dict]:
+        """Trainable parameters split for the optimizer.
+
+        Returns ``[{"name": "backbone", "params": [...], "lr_mult": 1.0},
+        {"name": "new", "params": [...], "lr_mult": lr_mult_new}]``; frozen parameters are left
+        out. torch optimizers keep the extra keys, so the LR schedule can scale each group's
+        base LR by ``group["lr_mult"]``.
+        """
+        new = [p for m in self.new_modules() for p in m.parameters() if p.requires_grad]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [
+            {"name": "backbone", "params": backbone, "lr_mult": 1.0},
+            {"name": "new", "params": new, "lr_mult": float(lr_mult_new)},
+        ]
+
+    def cams_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """F (B,D,h,w) → CAMs (B,C,h,w)."""
+        return self.classifier(feats)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = F.relu(self.proj(self.backbone(x)))
+        cams = self.classifier(feats)
+        return {"logits": cams.mean(dim=(2, 3)), "cams": cams, "feats": feats}
+
+
+def build_classifier(cam_cfg: dict, num_classes: int, weights_dir=None) -> CAMClassifier:
+    """Build the CAM classifier from the ``cam`` config section (keys in the module docstring)."""
+    cfg = cfg_get(cam_cfg or {}, CAM_DEFAULTS, "cam")
+    if num_classes < 1:
+        raise S2CError(f"num_classes must be ≥ 1, got {num_classes}; check data.class_set")
+    backbone = build_backbone(cfg["backbone"], cfg["pretrained"], cfg["output_stride"], weights_dir)
+    if cfg["freeze_stem"]:
+        freeze_modules(backbone.stem_modules())
+    if cfg["freeze_bn"]:
+        freeze_bn(backbone)
+    return CAMClassifier(backbone, num_classes, cfg["feat_dim"])
