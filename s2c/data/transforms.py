@@ -40,8 +40,8 @@ AUG_DEFAULTS: dict = {
     "grayscale_p": 0.02,
 }
 
-# cv2.resize handles at most this many channels per call.
-_CV_MAX_CHANNELS = 512
+# cv2.resize handles at most this many channels per call (OpenCV 5: 128; 4.x: 512).
+_CV_MAX_CHANNELS = 128
 
 
 def _src_index(n_out: int, n_in: int) -> np.ndarray:
@@ -305,9 +305,14 @@ class TrainAugment:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise S2CError(f"TrainAugment expects a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         geo = self.sample_geometry(image.shape[:2], rng)
-        if self.cfg["augment"]:
-            image = self.photometric(image, rng)
-        return geo.warp_to_crop(image, "bilinear", fill=IMAGE_PAD_FILL), geo
+        if not self.cfg["augment"]:
+            return geo.warp_to_crop(image, "bilinear", fill=IMAGE_PAD_FILL), geo
+        # Reference order: resize, then jitter the whole resized image (contrast/saturation use
+        # its statistics), then flip+crop. Splitting the warp this way gives the same pixels as
+        # geo.warp_to_crop(image) because resizing to the same size is a no-op.
+        resized = self.photometric(_cv2_resize(image, geo.resized_size), rng)
+        flip_crop = Geometry(geo.resized_size, geo.resized_size, geo.flip, geo.crop_offset, geo.crop_size)
+        return flip_crop.warp_to_crop(resized, "bilinear", fill=IMAGE_PAD_FILL), geo
 
 
 def normalize(img: np.ndarray) -> torch.Tensor:
