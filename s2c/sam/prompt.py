@@ -1,0 +1,196 @@
+"""SAM split in two: encode an image once, then prompt the decoder on the cached embedding.
+
+This is what makes the cached CPM cheap: the heavy image encoder runs offline on each original
+image (:func:`encode_image` / :func:`encode_images`), and during training only the prompt encoder
+and mask decoder run (:func:`decode_prompts`), all classes of an image in one batched call.
+
+Coordinates: points are (x, y) in ORIGINAL image pixels and go through SAM's own
+``ResizeLongestSide.apply_coords`` exactly as ``SamPredictor`` does, so an integer pixel index
+(e.g. from ``peak_local_max``) means the same thing here as in the reference code.
+
+Batching: all prompts of an image share the embedding, so they are decoded together. SAM's
+decoder has no attention mask, so padding prompts to a common length with label −1 ("not a
+point") tokens is not a no-op: the extra tokens are attended to. Measured with MobileSAM on
+coco-mini, a 1-point prompt padded to 4 points kept only 93.5–100 % of its mask pixels. The
+default ``batching="group"`` therefore runs one decoder call per distinct point count (few per
+image) and reproduces single-prompt ``SamPredictor`` results exactly; ``batching="pad"`` makes a
+single call with −1 padding (faster, approximate).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+MultimaskIndex = int | str  # 0, 1, 2 or "best"
+
+
+def sam_input_size(orig_size: Sequence[int], img_size: int = 1024) -> tuple[int, int]:
+    """(h, w) of the image after SAM's longest-side resize to ``img_size`` (before padding)."""
+    h, w = int(orig_size[0]), int(orig_size[1])
+    return ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        got = getattr(image, "dtype", type(image).__name__), getattr(image, "shape", None)
+        raise ValueError(f"expected a uint8 RGB array (H,W,3), got {got}")
+
+
+def _to_sam_input(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (H,W,3) → normalised, padded float tensor (1,3,S,S) on sam's device, and (h,w)."""
+    _check_image(image)
+    resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)  # PIL resize, as SamPredictor
+    x = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
+    return sam.preprocess(x.float()), (resized.shape[0], resized.shape[1])
+
+
+@torch.no_grad()
+def encode_images(
+    sam: Sam, images: Sequence[np.ndarray], amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Image embeddings of a batch of uint8 RGB images (any sizes).
+
+    Returns float32 (B, 256, 64, 64) on sam's device. The per-image input size is
+    :func:`sam_input_size` of its original size. ``amp_dtype`` (e.g. torch.bfloat16) runs the
+    encoder under autocast on CUDA.
+    """
+    if len(images) == 0:
+        raise ValueError("encode_images needs at least one image")
+    batch = torch.cat([_to_sam_input(sam, im)[0] for im in images])
+    enabled = amp_dtype is not None and sam.device.type == "cuda"
+    with torch.autocast(device_type=sam.device.type, dtype=amp_dtype or torch.float32, enabled=enabled):
+        emb = sam.image_encoder(batch)
+    return emb.float()
+
+
+@torch.no_grad()
+def encode_image(
+    sam: Sam, image: np.ndarray, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Embedding (256, 64, 64) float32 of one uint8 (H,W,3) image, and its SAM input size (h, w)."""
+    _check_image(image)
+    return encode_images(sam, [image], amp_dtype)[0], sam_input_size(image.shape[:2], sam.image_encoder.img_size)
+
+
+def prepare_points(
+    points: Sequence[np.ndarray | torch.Tensor],
+    orig_size: Sequence[int],
+    img_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B point sets (K_b, 2) in original (x, y) → SAM-frame coords (B, K, 2) and labels (B, K).
+
+    K = max K_b; real points are positive (label 1), padding is label −1 at (0, 0).
+    """
+    if len(points) == 0:
+        raise ValueError("decode_prompts needs at least one prompt")
+    pts = [torch.as_tensor(np.asarray(p, dtype=np.float32)).reshape(-1, 2) for p in points]
+    if any(len(p) == 0 for p in pts):
+        raise ValueError("every prompt needs at least one point (CPM always has the CAM's global max)")
+    k = max(len(p) for p in pts)
+    coords = torch.zeros(len(pts), k, 2)
+    labels = torch.full((len(pts), k), -1.0)
+    for i, p in enumerate(pts):
+        coords[i, : len(p)] = p
+        labels[i, : len(p)] = 1.0
+    coords = ResizeLongestSide(img_size).apply_coords_torch(coords, tuple(int(s) for s in orig_size))
+    return coords.to(device), labels.to(device)
+
+
+def _select(low: torch.Tensor, iou: torch.Tensor, multimask_index: MultimaskIndex) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one of SAM's 3 multimask outputs per prompt: low (B,3,h,w), iou (B,3) → (B,h,w), (B,)."""
+    if multimask_index == "best":
+        idx = iou.argmax(dim=1)
+    elif multimask_index in (0, 1, 2):
+        idx = torch.full((low.shape[0],), int(multimask_index), dtype=torch.long, device=low.device)
+    else:
+        raise ValueError(f"multimask_index must be 0, 1, 2 or 'best', got {multimask_index!r}")
+    rows = torch.arange(low.shape[0], device=low.device)
+    return low[rows, idx], iou[rows, idx]
+
+
+def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prompt-encoder + mask-decoder call: emb (1,256,64,64), coords (B,K,2) → (B,3,256,256), (B,3)."""
+    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    return sam.mask_decoder(
+        image_embeddings=emb,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+
+
+@torch.no_grad()
+def decode_prompts(
+    sam: Sam,
+    embedding: torch.Tensor,
+    points: Sequence[np.ndarray | torch.Tensor],
+    orig_size: Sequence[int],
+    input_size: Sequence[int],
+    multimask_index: MultimaskIndex = 2,
+    return_lowres: bool = False,
+    batching: str = "group",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for B all-positive multi-point prompts on one cached image embedding.
+
+    Args:
+      embedding: (256, 64, 64) (or (1,256,64,64)), any float dtype; cast to the decoder's.
+      points: B arrays (K_b, 2) of (x, y) in original-image pixels; one prompt per entry.
+      orig_size: (H, W) of the original image. input_size: (h, w) after SAM's resize
+        (stored with the embedding; equals :func:`sam_input_size` of orig_size).
+      multimask_index: which of SAM's 3 outputs to keep (reference CPM: 2, the largest), or
+        "best" for the highest predicted IoU.
+      return_lowres: skip upsampling and return SAM's (B, 256, 256) logits in the padded
+        1024-frame; :func:`lowres_to_size` turns them into any output size later.
+      batching: "group" (one call per distinct point count; exact, the default) or "pad"
+        (one call, label −1 padding; approximate, see the module docstring).
+
+    Returns:
+      logits float32 (B, H, W) at original size (threshold 0 = SAM's mask), or (B, 256, 256)
+      with ``return_lowres``; iou_pred float32 (B,).
+    """
+    dtype = next(sam.mask_decoder.parameters()).dtype
+    emb = embedding.to(device=sam.device, dtype=dtype)
+    if emb.ndim == 3:
+        emb = emb[None]
+    coords, labels = prepare_points(points, orig_size, sam.image_encoder.img_size, sam.device)
+    coords = coords.to(dtype)
+
+    if batching == "pad":
+        low, iou = _decode(sam, emb, coords, labels)
+    elif batching == "group":
+        counts = (labels > 0).sum(dim=1)
+        low = torch.empty(len(counts), 3, 4 * emb.shape[-2], 4 * emb.shape[-1], device=sam.device, dtype=dtype)
+        iou = torch.empty(len(counts), 3, device=sam.device, dtype=dtype)
+        for k in torch.unique(counts).tolist():
+            rows = (counts == k).nonzero(as_tuple=True)[0]
+            low[rows], iou[rows] = _decode(sam, emb, coords[rows, :k], labels[rows, :k])
+    else:
+        raise ValueError(f"batching must be 'pad' or 'group', got {batching!r}")
+
+    low, iou = _select(low, iou, multimask_index)
+    low, iou = low.float(), iou.float()
+    if return_lowres:
+        return low, iou
+    return lowres_to_size(low, input_size, orig_size, sam.image_encoder.img_size), iou
+
+
+def lowres_to_size(
+    low_res: torch.Tensor, input_size: Sequence[int], out_size: Sequence[int], img_size: int = 1024
+) -> torch.Tensor:
+    """SAM low-res logits (B, 256, 256) → (B, *out_size), like ``Sam.postprocess_masks``.
+
+    Upsample to the padded ``img_size`` frame, crop away the padding (``input_size``), resize to
+    ``out_size`` — with out_size = the original (H, W) this is exactly SAM's own postprocessing.
+    """
+    x = F.interpolate(low_res[:, None].float(), (img_size, img_size), mode="bilinear", align_corners=False)
+    x = x[..., : int(input_size[0]), : int(input_size[1])]
+    x = F.interpolate(x, (int(out_size[0]), int(out_size[1])), mode="bilinear", align_corners=False)
+    return x[:, 0]
