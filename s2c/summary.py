@@ -1,7 +1,7 @@
 """Print the run's headline table: CAM / pseudo-label / segmentation mIoU (`python -m s2c.summary`).
 
 Usage: ``python -m s2c.summary results/<run>/metrics/{cam_train,pseudo_train,seg_val}.json``.
-Also prints each stage's wall time when Snakemake benchmark files sit next to the metrics.
+With ``--bench DIR...`` also prints each stage's wall time from Snakemake benchmark TSVs.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m s2c.summary", description=__doc__)
     ap.add_argument("metrics", nargs="+", type=Path, help="metric JSON files (cam_train, pseudo_train, seg_val)")
+    ap.add_argument("--bench", nargs="*", type=Path, default=[], help="folders of Snakemake benchmark TSVs")
     args = ap.parse_args(argv)
     metrics = {p.stem: load_metric(p) for p in args.metrics}
-    bench = args.metrics[0].parent.parent / "benchmarks"
-    print(format_table(metrics, stage_times(bench) if bench.is_dir() else []))
+    times = [t for d in args.bench if d.is_dir() for t in stage_times(d)]
+    print(format_table(metrics, times))
     return 0
 
 

@@ -89,6 +89,8 @@ rule eval_cam:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/eval_cam.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_cam.tsv"
     resources:
         mem_mb=4000,
         runtime=60,

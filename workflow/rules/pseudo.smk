@@ -48,6 +48,8 @@ rule eval_pseudo:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/eval_pseudo.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_pseudo.tsv"
     resources:
         mem_mb=2000,
         runtime=30,

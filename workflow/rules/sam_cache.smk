@@ -69,6 +69,8 @@ rule sam_cache_join:
         "../../environment.yml"
     log:
         f"{CACHE}/logs/sam_cache_join.{{split}}.{{kind}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_cache_join.{{split}}.{{kind}}.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
