@@ -135,15 +135,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_sam_weights(sam: Sam, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam:
-    """Load ``state_dict`` into ``sam`` strictly; S2CError naming the model the keys look like."""
-    model_type = getattr(sam, "model_type", "unknown")
+def _check_model_type(state_dict: Mapping[str, torch.Tensor], model_type: str, source: str) -> str:
     looks = guess_model_type(state_dict)
     if looks != "unknown" and looks != model_type:
         raise S2CError(
             f"{source} is a {looks} SAM checkpoint but sam.model_type is {model_type}; "
             f"set sam.model_type: {looks} or point sam.checkpoint at a {model_type} file"
         )
+    return looks
+
+
+def load_sam_weights(sam: Sam, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Sam:
+    """Load ``state_dict`` into ``sam`` strictly; S2CError naming the model the keys look like."""
+    model_type = getattr(sam, "model_type", "unknown")
+    looks = _check_model_type(state_dict, model_type, source)
     try:
         sam.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -178,9 +183,13 @@ def build_sam(
     if model_type not in SAM_MODEL_TYPES + TEST_MODEL_TYPES:
         raise S2CError(f"unknown SAM model type {model_type!r}; use one of {', '.join(SAM_MODEL_TYPES)}")
     dev = resolve_device(device)
-    sam = make_sam(model_type)
+    state_dict = None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        load_sam_weights(sam, _read_state_dict(path), source=str(path))
+        # Read and type-check before constructing: a wrong file fails fast, not after vit_h's init.
+        state_dict = _read_state_dict(Path(checkpoint))
+        _check_model_type(state_dict, model_type, str(checkpoint))
+    sam = make_sam(model_type)
+    if state_dict is not None:
+        load_sam_weights(sam, state_dict, source=str(checkpoint))
     sam.model_type = model_type
     return sam.to(dev).eval()
