@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,10 @@ class COCODataset(SegDataset):
         inst = []
         for a in anns:
             try:
-                m = self.coco.annToMask(a).astype(bool)
+                with warnings.catch_warnings():
+                    # pycocotools' decode triggers a NumPy-2 copy-keyword DeprecationWarning per call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    m = self.coco.annToMask(a).astype(bool)
             except Exception as e:  # pycocotools raises assorted types on broken segmentations
                 raise S2CError(
                     f"{self.ann_path}: annotation {a.get('id')} of image {img['file_name']} has an unreadable "
