@@ -98,6 +98,11 @@ def test_cli_and_guards(tmp_path, capsys):
         main(["--root", str(other), "--n-train", "2", "--n-val", "1"])
     assert e.value.code == 2 and "not a synthetic dataset" in capsys.readouterr().err
     assert (other / "precious.txt").read_text() == "keep"
+    # Snakemake pre-creates the output's parent folders: empty folders must not block generation
+    pre = tmp_path / "pre"
+    (pre / "ImageSets" / "Segmentation").mkdir(parents=True)
+    make_synthetic_voc(pre, 2, 1, 48, 0)
+    assert (pre / "ImageSets" / "Segmentation" / "train_aug.txt").is_file()
     with pytest.raises(S2CError, match="unicorn"):
         make_synthetic_voc(tmp_path / "x", 2, 1, 64, 0, classes=("cat", "unicorn"))
     with pytest.raises(S2CError, match="size"):

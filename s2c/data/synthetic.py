@@ -225,7 +225,12 @@ def make_synthetic_voc(
         raise S2CError(f"need n_train >= 1, n_val >= 1, n_aug >= 0 (got {n_train}, {n_val}, {n_aug})")
     if size < 32:
         raise S2CError(f"synthetic image size {size} is too small; use --size >= 32")
-    if root.exists() and any(root.iterdir()) and not (root / MARKER).is_file():
+    # Empty folders are fine (Snakemake pre-creates the parents of a rule's outputs); files that
+    # are not ours are never deleted.
+    has_files = root.is_dir() and any(p.is_file() or p.is_symlink() for p in root.rglob("*"))
+    if root.exists() and not root.is_dir():
+        raise S2CError(f"--root {root} is a file; choose a folder for the synthetic dataset")
+    if has_files and not (root / MARKER).is_file():
         raise S2CError(f"{root} exists and is not a synthetic dataset (no {MARKER}); choose an empty or new --root")
 
     params = {"n_train": n_train, "n_val": n_val, "n_aug": n_aug, "size": size, "seed": seed, "classes": list(classes)}
