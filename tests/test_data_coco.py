@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def _open(root, split="train", **kw):
     return open_dataset({"kind": "coco", "root": str(root), "class_set": "voc20", **kw}, split)
 
 
-def test_tiny_voc20_masks_labels_and_dropping(tiny_coco):
-    ds = _open(tiny_coco)
+def test_tiny_voc20_masks_labels_and_dropping(tiny_coco, caplog):
+    with caplog.at_level(logging.WARNING, logger="s2c.data.coco"):
+        ds = _open(tiny_coco)
+    assert "dropped 2 of 3" in caplog.text
     assert ds.ids == ["a"]  # 'b' (truck only) and 'c' (empty) have no VOC class
     assert ds.n_dropped_unlabeled == 2
     np.testing.assert_array_equal(ds.load_mask("a"), _expected_a("voc20"))

@@ -100,8 +100,8 @@ class COCODataset(SegDataset):
         if cfg["drop_unlabeled"]:
             kept = [i for i in ids if self._label_idx[i]]
             if len(kept) < len(ids):
-                log.info(
-                    "%s: dropped %d of %d images with no %s class (drop_unlabeled)",
+                log.warning(
+                    "%s: dropped %d of %d images with no %s class (data.drop_unlabeled)",
                     self.ann_path, len(ids) - len(kept), len(ids), self.class_set,
                 )
             ids = kept
