@@ -30,18 +30,18 @@ def effnet_file(weights_dir):
 @pytest.mark.parametrize(
     "name,os_",
     [("efficientnet_lite0", 8), ("efficientnet_lite0", 16), ("efficientnet_lite0", 32),
-     ("resnet50", 8), ("resnet50", 16), ("resnet101", 8)],
+     ("resnet50", 16), ("resnet101", 8)],
 )
 def test_backbone_shapes_and_strides(name, os_):
     torch.manual_seed(0)
     b = build_backbone(name, pretrained=False, output_stride=os_).eval()
     assert b.output_stride == os_
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
         f = b.forward_features(x)
         out = b(x)
-    assert f["out"].shape == (1, b.out_channels, 64 // os_, 96 // os_)
-    assert f["low"].shape == (1, b.low_channels, 16, 24)
+    assert f["out"].shape == (1, b.out_channels, 64 // os_, 32 // os_)
+    assert f["low"].shape == (1, b.low_channels, 16, 8)
     torch.testing.assert_close(out, f["out"])
 
 
@@ -80,10 +80,10 @@ def test_effnet_dilation_keeps_weights_changes_stride(weights_dir):
     assert b8._blocks[11]._depthwise_conv.stride == [1, 1]
     assert b8._blocks[11]._depthwise_conv.dilation == (2, 2)
     assert b8._blocks[12]._depthwise_conv.dilation == (4, 4)
-    x = torch.randn(1, 3, 96, 96)
+    x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
-        assert b32(x).shape[-2:] == (3, 3)
-        assert b8(x).shape[-2:] == (12, 12)
+        assert b32(x).shape[-2:] == (2, 1)
+        assert b8(x).shape[-2:] == (8, 4)
 
 
 def test_effnet_os32_matches_package_model(effnet_file, weights_dir):
@@ -92,7 +92,7 @@ def test_effnet_os32_matches_package_model(effnet_file, weights_dir):
     ref.load_state_dict(torch.load(effnet_file, map_location="cpu"))
     ref.eval()
     b = build_backbone("efficientnet_lite0", True, 32, weights_dir).eval()
-    x = torch.randn(2, 3, 80, 112)
+    x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
         torch.testing.assert_close(b(x), ref.extract_features(x))
 
@@ -105,10 +105,19 @@ def test_pretrained_path_roundtrip_and_mismatch(tmp_path):
     b = build_backbone("efficientnet_lite0", str(path), 16)
     for k, v in src.state_dict().items():
         assert torch.equal(b.state_dict()[k], v), k
-    wrong = tmp_path / "r50.pth"
-    torch.save(build_backbone("resnet50", False, 8).state_dict(), wrong)
-    with pytest.raises(S2CError, match="does not match the backbone"):
-        build_backbone("efficientnet_lite0", str(wrong), 16)
+    sd = src.state_dict()
+    del sd["_blocks.3._bn1.running_var"]
+    torch.save(sd, tmp_path / "missing_key.pth")
+    with pytest.raises(S2CError, match="does not match the backbone.*_blocks.3._bn1.running_var"):
+        build_backbone("efficientnet_lite0", str(tmp_path / "missing_key.pth"), 16)
+    sd = src.state_dict()
+    sd["_conv_stem.weight"] = sd["_conv_stem.weight"][:8]
+    torch.save(sd, tmp_path / "bad_shape.pth")
+    with pytest.raises(S2CError, match="'_conv_stem.weight' has shape"):
+        build_backbone("efficientnet_lite0", str(tmp_path / "bad_shape.pth"), 16)
+    torch.save({"w": 1}, tmp_path / "not_sd.pth")
+    with pytest.raises(S2CError, match="not a state dict"):
+        build_backbone("efficientnet_lite0", str(tmp_path / "not_sd.pth"), 16)
     with pytest.raises(S2CError, match="not found"):
         build_backbone("resnet50", str(tmp_path / "missing.pth"), 8)
 
@@ -183,16 +192,15 @@ def test_classifier_cfg_errors():
         build_classifier({"backbone": "efficientnet_lite0", "pretrained": True}, 3, weights_dir=None)
 
 
-@pytest.mark.parametrize("head", ["v3", "v3plus"])
-@pytest.mark.parametrize("backbone,os_", [("efficientnet_lite0", 16), ("resnet50", 8)])
-def test_deeplab_output_size(head, backbone, os_):
+@pytest.mark.parametrize("head,os_", [("v3", 16), ("v3plus", 8)])
+def test_deeplab_output_size(head, os_):
     torch.manual_seed(0)
-    m = build_deeplab({"backbone": backbone, "pretrained": False, "output_stride": os_, "head": head}, 6)
+    m = build_deeplab({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": os_, "head": head}, 6)
     assert isinstance(m, DeepLab)
     m.train()
-    x = torch.randn(2, 3, 66, 50)
+    x = torch.randn(2, 3, 50, 34)
     y = m(x)
-    assert y.shape == (2, 6, 66, 50)
+    assert y.shape == (2, 6, 50, 34)
     y.mean().backward()
     groups = m.param_groups()
     ids = [id(p) for g in groups for p in g["params"]]

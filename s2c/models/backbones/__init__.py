@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import S2CError
-from .base import Backbone, load_backbone_weights, read_torch_state_dict
+from .base import Backbone, check_output_stride, load_backbone_weights, read_torch_state_dict
 from .efficientnet import EfficientNetLite0
 from .resnet38d import ResNet38d
 from .tv_resnet import TorchvisionResNet
@@ -53,9 +53,9 @@ def _pretrained_path(pretrained) -> Path | None:
 
 
 def build_resnet38d(pretrained=False, output_stride: int = 8, weights_dir=None) -> ResNet38d:
-    model = ResNet38d(output_stride)
+    check_output_stride("resnet38d", output_stride, (8,))
     if pretrained is False or pretrained is None:
-        return model
+        return ResNet38d(output_stride)
     path = _pretrained_path(pretrained)
     if path is None:
         path = _weights_dir_or_fail(weights_dir, "resnet38d") / RESNET38D_MXNET_FILE
@@ -64,6 +64,7 @@ def build_resnet38d(pretrained=False, output_stride: int = 8, weights_dir=None) 
             f"resnet38d ImageNet weights not found at {path}: download {RESNET38D_MXNET_FILE} "
             f"({RESNET38D_SOURCE}) and put it there, or set 'pretrained' to its path (or to a converted .pth)"
         )
+    model = ResNet38d(output_stride)  # after the path checks: building it takes seconds
     if path.suffix == ".params":
         from ..mxnet_params import read_ndarray_list, resnet38d_state_dict_from_mxnet
 
