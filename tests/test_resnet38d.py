@@ -178,3 +178,20 @@ def test_classifier_on_resnet38d_freezes_reference_stem(net, monkeypatch):
     with torch.no_grad():
         out = m(torch.randn(1, 3, 64, 64))
     assert out["cams"].shape == (1, 20, 8, 8) and out["feats"].shape == (1, 256, 8, 8)
+
+
+def test_convert_cli(tmp_path, capsys):
+    w = np.random.default_rng(1).standard_normal((64, 3, 3, 3)).astype(np.float32)
+    var = np.random.default_rng(2).random(128).astype(np.float32)
+    src = tmp_path / "tiny.params"
+    write_params(src, [("arg:conv1a_weight", w, "v2"), ("aux:bn2b1_branch2a_moving_var", var, "legacy"),
+                       ("arg:linear1000_bias", np.zeros(1000, np.float32), "v2")])
+    dst = tmp_path / "out" / "res38.pth"
+    assert mxp.main([str(src), str(dst)]) == 0
+    sd = torch.load(dst, weights_only=True)
+    assert set(sd) == {"conv1a.weight", "b2_1.bn_branch2a.running_var"}
+    np.testing.assert_array_equal(sd["conv1a.weight"].numpy(), w)
+    np.testing.assert_array_equal(sd["b2_1.bn_branch2a.running_var"].numpy(), var)
+    with pytest.raises(SystemExit) as e:
+        mxp.main([str(tmp_path / "absent.params"), str(dst)])
+    assert e.value.code == 2 and "absent.params" in capsys.readouterr().err

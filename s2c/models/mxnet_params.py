@@ -28,6 +28,7 @@ prod(dims) elements in C order. Names carry "arg:" (learned) or "aux:" (BN runni
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import struct
@@ -36,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import S2CError
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
 
 LIST_MAGIC = 0x112
 NDARRAY_V1_MAGIC = 0xF993FAC8
@@ -151,3 +153,28 @@ def resnet38d_state_dict_from_mxnet(arrays: dict[str, np.ndarray]) -> dict[str, 
         if key is not None:
             out[key] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
     return out
+
+
+def convert_resnet38d(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Convert the MXNet ResNet-38 ``src`` into a torch state dict file ``dst`` (written atomically)."""
+    state_dict = resnet38d_state_dict_from_mxnet(read_ndarray_list(src))
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        torch.save(state_dict, tmp)
+    return dst
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Convert the MXNet ResNet-38 once (``python -m s2c.models.mxnet_params SRC.params DST.pth``),
+    so later runs load it with ``torch.load`` instead of parsing ~400 MB again."""
+    ap = argparse.ArgumentParser(prog="python -m s2c.models.mxnet_params", description=main.__doc__)
+    ap.add_argument("src", type=Path, help="the MXNet file, e.g. ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
+    ap.add_argument("dst", type=Path, help="output .pth (usable as cam.pretrained / seg.pretrained)")
+    args = ap.parse_args(argv)
+    print(f"wrote {convert_resnet38d(args.src, args.dst)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
