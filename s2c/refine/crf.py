@@ -70,8 +70,9 @@ def crf_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, alpha: f
     d = dcrf.DenseCRF2D(W, H, n)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
-                           compat=bilateral_compat)
+    # a copy: the binding needs a writable C-contiguous buffer (decoded images may be read-only)
+    rgb = np.array(image, dtype=np.uint8, order="C")
+    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb, compat=bilateral_compat)
     q = np.asarray(d.inference(int(iters))).reshape(n, H, W)
     lut = np.concatenate([[0], classes + 1]).astype(np.uint8)
     return lut[q.argmax(0)]
