@@ -1,0 +1,199 @@
+"""Stage: evaluate the segmentation network on a split (METHOD.md §7, "Segmentation").
+
+Loads ``model.pt`` from :mod:`s2c.train_seg`, predicts every image with multi-scale (+ flip)
+inference — softmax probabilities resized to the image and averaged — optionally refines them with
+denseCRF (:mod:`s2c.refine.crf`), writes one palette PNG ``<id>.png`` per image into ``--out-dir``
+(the whole directory appears atomically) and ``--out-json`` = ``{"miou": %, "iou": {class: %},
+"n_images": N, ...}`` from one confusion matrix over the split (:mod:`s2c.metrics`).
+
+Usage::
+
+    python -m s2c.eval_seg --model out/seg/model.pt --data-cfg '{"root": "data/voc"}' --split val \
+        --out-json metrics/seg_val.json --out-dir out/seg/pred_val --cfg '{"scales": [0.5, 0.75, 1, 1.25, 1.5], "flip": true}'
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import train_utils as tu
+from .classes import voc_palette
+from .data import open_dataset
+from .data.seg_train import normalize_image
+from .errors import S2CError, cli_main
+from .io import atomic_path
+from .metrics import confusion_matrix, with_background, write_metrics
+from .train_seg import _json_arg, build_model, resolve_cfg
+
+#: The eval_seg config section.
+DEFAULTS: dict[str, Any] = {
+    "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
+    "flip": False,       # also average the horizontally flipped image
+    "crf": False,        # denseCRF post-processing: false, true (CRF defaults) or a dict of CRF settings
+    "num_workers": 2,    # image-reading workers
+    "amp": False,        # fp16 autocast (CUDA only)
+}
+
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, image: torch.Tensor, scales: Sequence[float] = (1.0,),
+                  flip: bool = False) -> torch.Tensor:
+    """Test-time-augmented class probabilities.
+
+    image: normalised float (3,H,W) on the model's device. Returns float32 (K,H,W): the mean over
+    scales (× flips) of softmax(model(resized image)) bilinearly resized back to (H,W).
+    """
+    if not scales:
+        raise S2CError("eval_seg: config key 'scales' must list at least one scale")
+    H, W = image.shape[-2:]
+    acc = None
+    for s in scales:
+        x = image[None]
+        if s != 1.0:
+            x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
+                              align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        p = model(x).float().softmax(1)
+        if flip:
+            p = p[:1] + p[1:].flip(-1)
+        p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)[0]
+        acc = p if acc is None else acc + p
+    return acc / (len(scales) * (2 if flip else 1))
+
+
+def load_seg_model(model_path: str | Path, weights_dir: str | Path | None = None,
+                   device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(DeepLab in eval mode on ``device``, the model.pt dict without its weights)."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise S2CError(f"segmentation model not found: {model_path} (run train_seg first)")
+    try:
+        ck = torch.load(model_path, map_location="cpu", weights_only=False)
+        sd, cfg, K = ck["model"], ck["seg_cfg"], int(ck["num_classes"])
+    except Exception as e:
+        raise S2CError(f"cannot read segmentation model {model_path} ({e.__class__.__name__}: {e}); "
+                       "re-run train_seg to rewrite it") from None
+    # The trained weights replace everything, so never fetch ImageNet weights here.
+    model = build_model({**resolve_cfg(cfg), "pretrained": False}, K, weights_dir)
+    model.load_state_dict(sd)
+    return model.to(device).eval(), {k: v for k, v in ck.items() if k != "model"}
+
+
+class _EvalImages(Dataset):
+    """(id, uint8 image (H,W,3), uint8 GT (H,W) or None) per item, read in DataLoader workers."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds.ids)
+
+    def __getitem__(self, i: int):
+        iid = self.ds.ids[i]
+        return iid, self.ds.load_image(iid), self.ds.load_mask(iid)
+
+
+def _identity(x):
+    return x  # keep numpy arrays and None as they are (DataLoader's default converts them)
+
+
+def _crf_fn(crf_cfg: Any):
+    """A ``(image uint8 (H,W,3), probs float32 (K,H,W)) -> probs (K,H,W)`` refiner, or None."""
+    if crf_cfg is False or crf_cfg is None:
+        return None
+    try:
+        from .refine import crf as crf_mod
+    except ImportError as e:
+        raise S2CError(f"eval_seg: 'crf' is enabled but s2c.refine.crf cannot be imported ({e}); "
+                       "set crf: false") from None
+    kwargs = crf_cfg if isinstance(crf_cfg, dict) else {}
+    return lambda image, probs: crf_mod.dense_crf(image, probs, **kwargs)
+
+
+def save_palette_png(path: Path, label: np.ndarray) -> None:
+    """Write a uint8 (H,W) label map as a VOC-palette PNG."""
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    im.save(path)
+
+
+def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str | Path,
+             out_dir: str | Path | None = None, cfg: dict | None = None, device: str = "auto",
+             weights_dir: str | Path | None = None) -> dict:
+    """Predict ``split`` with the model and score it; returns the metrics dict written to out_json.
+
+    Images without GT (e.g. a test split) are predicted and saved but not scored; ``n_images`` counts
+    the scored ones and ``miou`` is null when none has GT.
+    """
+    cfg = resolve_cfg(cfg, DEFAULTS, "eval_seg")
+    scales = [float(s) for s in cfg["scales"]]
+    dev = tu.select_device(device)
+    model, meta = load_seg_model(model_path, weights_dir, dev)
+    ds = open_dataset(data_cfg, split)
+    K = meta["num_classes"]
+    if meta.get("class_set") != ds.class_set or K != ds.num_classes + 1:
+        raise S2CError(f"model {model_path} was trained for class_set {meta.get('class_set')!r} ({K} labels) "
+                       f"but data.class_set is {ds.class_set!r}; use the matching model or data config")
+    crf = _crf_fn(cfg["crf"])
+    cm = np.zeros((K, K), np.int64)
+    n_scored = 0
+    loader = DataLoader(_EvalImages(ds), batch_size=None, num_workers=cfg["num_workers"], collate_fn=_identity)
+    use_amp = bool(cfg["amp"]) and dev.type == "cuda"
+
+    def run(png_dir: Path | None) -> None:
+        nonlocal cm, n_scored
+        for iid, image, gt in tqdm(loader, desc=f"eval_seg {split}", total=len(ds.ids)):
+            with torch.autocast(dev.type, enabled=use_amp):
+                probs = predict_probs(model, normalize_image(image).to(dev), scales, cfg["flip"])
+            probs = probs.cpu().numpy()
+            if crf is not None:
+                probs = crf(image, probs)
+            pred = probs.argmax(0).astype(np.uint8)
+            if png_dir is not None:
+                save_palette_png(png_dir / f"{iid}.png", pred)
+            if gt is not None:
+                cm += confusion_matrix(pred, gt, K)
+                n_scored += 1
+
+    if out_dir is None:
+        run(None)
+    else:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            run(tmp)
+    return write_metrics(out_json, cm, with_background(ds.class_names), n_images=n_scored,
+                         n_predicted=len(ds.ids), split=split, scales=scales, flip=bool(cfg["flip"]),
+                         crf=cfg["crf"] not in (False, None))
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s2c.eval_seg", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="model.pt written by train_seg")
+    p.add_argument("--data-cfg", type=_json_arg, required=True, help="the config's data section (JSON)")
+    p.add_argument("--split", required=True, help="split to evaluate, e.g. val")
+    p.add_argument("--out-json", type=Path, required=True, help="metrics JSON (e.g. metrics/seg_val.json)")
+    p.add_argument("--out-dir", type=Path, default=None, help="directory for <id>.png predictions (optional)")
+    p.add_argument("--cfg", type=_json_arg, default={}, help="eval config (JSON); defaults in s2c.eval_seg.DEFAULTS")
+    p.add_argument("--weights-dir", type=Path, default=None, help="where backbone weights are cached")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a = p.parse_args(argv)
+    m = eval_seg(a.model, a.data_cfg, a.split, a.out_json, a.out_dir, a.cfg, a.device, a.weights_dir)
+    print(f"eval_seg: {a.split} mIoU {m['miou']} over {m['n_images']} images → {a.out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
