@@ -51,7 +51,7 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
         raise S2CError(f"eval_cam: 'thresholds' must be a list of numbers, got {cfg['thresholds']!r}") from None
     ds = open_dataset(data_cfg, split)
     store = CAMStore(cams)
-    store.check_split(split, ds.class_names)
+    store.check_covers(ds.ids, ds.class_names, split)
     names = with_background(ds.class_names)
     search = ThresholdSearch(len(names), thresholds)
     try:

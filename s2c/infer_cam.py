@@ -183,13 +183,17 @@ class CAMStore:
         g = f[key]
         return g["cams"][()].astype(np.float32), g["classes"][()].astype(np.int64)
 
-    def check_split(self, split: str, class_names: Sequence[str]) -> None:
-        """Refuse a store made for another split or class set."""
-        if self.attrs.get("split") != split:
-            raise S2CError(f"CAM store {self.path} was made for split {self.attrs.get('split')!r}, "
-                           f"not {split!r}; point --cams at the {split} store")
+    def check_covers(self, ids: Sequence[str], class_names: Sequence[str], split: str = "") -> None:
+        """Refuse a store made for another class list or lacking some of ``ids`` (a store of a
+        superset split, e.g. train_aug for evaluating train, is fine)."""
         if list(class_names) != self.class_names:
             raise S2CError(f"CAM store {self.path} was made for another class list; re-run infer_cam")
+        have = set(self.ids)
+        missing = [i for i in ids if i not in have]
+        if missing:
+            raise S2CError(f"CAM store {self.path} (split {self.attrs.get('split')!r}) lacks {len(missing)} "
+                           f"image(s) of split {split!r}, e.g. {missing[0]!r}; run infer_cam on a split "
+                           "containing them")
 
     def close(self) -> None:
         if self._f is not None:

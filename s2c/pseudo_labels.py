@@ -120,7 +120,7 @@ def make_pseudo_labels(cams: str | Path, data_cfg: dict, split: str, out: str | 
         _densecrf()  # fail before any work when the bindings are missing
     ds = open_dataset(data_cfg, split)
     store = CAMStore(cams)
-    store.check_split(split, ds.class_names)
+    store.check_covers(ds.ids, ds.class_names, split)
     out = Path(out)
     try:
         with atomic_path(out) as tmp:

@@ -146,3 +146,18 @@ def test_cli_error_exit(gt_store, data_cfg, tmp_path, capsys):
         pseudo_labels.main(["--cams", str(gt_store), "--data-cfg", json.dumps(data_cfg), "--split", SPLIT,
                             "--out", str(tmp_path / "x"), "--cfg", '{"refine": "sam", "threshold": 0.4}'])
     assert e.value.code == 2 and "--se-manifest" in capsys.readouterr().err
+
+
+def test_eval_cam_on_a_subset_split_of_the_store(data_cfg, tmp_path):
+    """The workflow evaluates the train_aug store on train (⊂ train_aug): exact GT CAMs → 100 mIoU."""
+    from s2c.eval_cam import evaluate_cams
+
+    ds = open_dataset(data_cfg, "train_aug")
+    store = tmp_path / "cams_aug.h5"
+    with write_cam_store(store, {"split": "train_aug", "class_names": list(ds.class_names), "ids": ds.ids}) as put:
+        for i in ds.ids:
+            gt, classes = ds.load_mask(i), np.flatnonzero(ds.labels(i))
+            put(i, np.stack([(gt == c + 1).astype(np.float32) for c in classes]), classes)
+    r = evaluate_cams(store, data_cfg, "train", tmp_path / "m.json", {"thresholds": [0.5, 0.99]}, progress=False)
+    assert r["n_images"] == len(open_dataset(data_cfg, "train").ids) < len(ds.ids)
+    assert r["miou"] == pytest.approx(100.0) and r["threshold"] == 0.5

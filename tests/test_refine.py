@@ -127,3 +127,18 @@ def test_crf_snaps_to_colour_edge():
     out = crf_label(img, cam, np.array([2]), alpha_for_threshold(t))
     assert out.dtype == np.uint8 and out.shape == (H, W)
     assert (out[:, :24] == 3).mean() > 0.95 and (out[:, 24:] == 0).mean() > 0.95
+
+
+def test_dense_crf_marginals():
+    pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 not installed")
+    from s2c.refine.crf import dense_crf
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    img.setflags(write=False)  # as decoded images often are
+    probs = rng.random((3, 10, 12)).astype(np.float32)
+    q = dense_crf(img, probs / probs.sum(0), iters=2)
+    assert q.shape == (3, 10, 12) and q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
+    with pytest.raises(S2CError, match="do not match"):
+        dense_crf(img, probs[:, :5])

@@ -4,6 +4,9 @@ Scores are [(1 − max_c A^c)^α; A^1..A^K] (background first), turned into unar
 ``-log(p)``, then a fully connected CRF with a Gaussian (sxy 3, compat 3) and a bilateral
 (sxy 80, srgb 13, compat 10) kernel runs for 10 mean-field iterations.
 
+:func:`dense_crf` (scores → marginals) is the generic entry, also used by eval_seg;
+:func:`crf_label` builds the CAM scores and returns a label map.
+
 Uses ``pydensecrf2`` (PyPI; the maintained fork of Krähenbühl's pydensecrf, importable as
 ``pydensecrf``). It is imported lazily so the rest of s2c works without it.
 """
@@ -46,14 +49,36 @@ def alpha_for_threshold(threshold: float) -> float:
     return math.log(threshold) / math.log(1.0 - threshold)
 
 
-def crf_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, alpha: float,
-              iters: int = 10, gauss_sxy: float = 3.0, gauss_compat: float = 3.0,
-              bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0,
+def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = 10, gauss_sxy: float = 3.0,
+              gauss_compat: float = 3.0, bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0,
               bilateral_compat: float = 10.0) -> np.ndarray:
-    """CRF-refined label map.
+    """Mean-field denseCRF over class scores.
+
+    image: uint8 (H, W, 3) RGB. probs: float (K, H, W) non-negative scores (need not sum to 1;
+    unaries are −log(clip(p, 1e-5))). Returns float32 (K, H, W), the CRF marginals.
+    Also used by eval_seg for test-time refinement of segmentation probabilities.
+    """
+    H, W = image.shape[:2]
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 3 or probs.shape[1:] != (H, W):
+        raise S2CError(f"crf: scores {probs.shape} do not match the image {image.shape}")
+    dcrf, unary_from_softmax = _densecrf()
+    n = probs.shape[0]
+    d = dcrf.DenseCRF2D(W, H, n)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    # a copy: the binding needs a writable C-contiguous buffer (decoded images may be read-only)
+    rgb = np.array(image, dtype=np.uint8, order="C")
+    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb, compat=bilateral_compat)
+    return np.asarray(d.inference(int(iters)), dtype=np.float32).reshape(n, H, W)
+
+
+def crf_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, alpha: float, **crf_kw) -> np.ndarray:
+    """CRF-refined label map from CAMs.
 
     image: uint8 (H, W, 3) RGB. cams: float (K, H, W) max-normalised CAMs of the labelled
-    classes; classes: int (K,) their foreground indices. Returns uint8 (H, W), 0 = background,
+    classes; classes: int (K,) their foreground indices; alpha: background exponent;
+    crf_kw: :func:`dense_crf` settings. Returns uint8 (H, W), 0 = background,
     classes[k] + 1 = class k.
     """
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -62,17 +87,8 @@ def crf_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, alpha: f
         return np.zeros((H, W), np.uint8)
     if cams.shape != (classes.size, H, W):
         raise S2CError(f"crf: CAMs {cams.shape} do not match the image {image.shape}; re-run infer_cam")
-    dcrf, unary_from_softmax = _densecrf()
     cams = np.clip(np.asarray(cams, dtype=np.float32), 0.0, 1.0)
     bg = np.power(1.0 - cams.max(0, keepdims=True), alpha)
-    probs = np.concatenate([bg, cams]).astype(np.float32)
-    n = probs.shape[0]
-    d = dcrf.DenseCRF2D(W, H, n)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    # a copy: the binding needs a writable C-contiguous buffer (decoded images may be read-only)
-    rgb = np.array(image, dtype=np.uint8, order="C")
-    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb, compat=bilateral_compat)
-    q = np.asarray(d.inference(int(iters))).reshape(n, H, W)
+    q = dense_crf(image, np.concatenate([bg, cams]), **crf_kw)
     lut = np.concatenate([[0], classes + 1]).astype(np.uint8)
     return lut[q.argmax(0)]
