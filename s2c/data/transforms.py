@@ -284,7 +284,7 @@ class TrainAugment:
         do_gray = rng.random() < float(self.cfg["grayscale_p"])
         if not (do_jitter or do_gray):
             return image
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        t = _chw_tensor(image)
         if do_jitter:
             fns = [
                 (TF.adjust_brightness, b, 1.0), (TF.adjust_contrast, c, 1.0),
@@ -315,11 +315,19 @@ class TrainAugment:
         return flip_crop.warp_to_crop(resized, "bilinear", fill=IMAGE_PAD_FILL), geo
 
 
+def _chw_tensor(img: np.ndarray) -> torch.Tensor:
+    """(h, w, 3) array → (3, h, w) tensor view; copies read-only arrays (e.g. from PIL), which
+    torch cannot safely wrap."""
+    if not img.flags.writeable or not img.flags.c_contiguous:
+        img = np.array(img, order="C")
+    return torch.from_numpy(img).permute(2, 0, 1)
+
+
 def normalize(img: np.ndarray) -> torch.Tensor:
     """uint8 (h, w, 3) RGB → float32 tensor (3, h, w), ImageNet mean/std normalised."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise S2CError(f"normalize expects an (h, w, 3) image, got shape {img.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    t = _chw_tensor(img).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (t - mean) / std
