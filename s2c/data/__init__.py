@@ -69,6 +69,8 @@ class SegDataset:
         class_names: foreground class names, index = foreground class id.
         num_classes: C, the number of foreground classes.
         skipped: ``[(id, reason)]`` for images dropped by ``skip_corrupt``.
+        has_masks: whether the split has GT label maps (VOC: any id has a PNG in ``gt_dir``;
+            ``load_mask`` returns None for ids without one).
     """
 
     root: Path
@@ -76,6 +78,7 @@ class SegDataset:
     class_set: str
     ids: list[str]
     skipped: list[tuple[str, str]]
+    has_masks: bool = True
 
     @property
     def class_names(self) -> tuple[str, ...]:
