@@ -32,13 +32,13 @@ from .data.seg_train import normalize_image
 from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
-from .train_seg import _json_arg, build_model, resolve_cfg
+from .train_seg import _json_arg, build_model, merge_cfg, resolve_cfg
 
 #: The eval_seg config section.
 DEFAULTS: dict[str, Any] = {
     "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
     "flip": False,       # also average the horizontally flipped image
-    "crf": False,        # denseCRF post-processing: false, true (CRF defaults) or a dict of CRF settings
+    "crf": False,        # denseCRF post-processing: false, true (CRF_DEFAULTS) or a dict overriding some of them
     "num_workers": 2,    # image-reading workers
     "amp": False,        # fp16 autocast (CUDA only)
 }
@@ -109,17 +109,38 @@ def _identity(x):
     return x  # keep numpy arrays and None as they are (DataLoader's default converts them)
 
 
-def _crf_fn(crf_cfg: Any):
-    """A ``(image uint8 (H,W,3), probs float32 (K,H,W)) -> probs (K,H,W)`` refiner, or None."""
+#: denseCRF settings for segmentation outputs: DeepLab's VOC values (kazuto1011/deeplab-pytorch).
+CRF_DEFAULTS: dict[str, float] = {"iters": 10, "gauss_sxy": 1.0, "gauss_compat": 3.0,
+                                  "bilateral_sxy": 67.0, "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
+
+
+def crf_refine_probs(image: np.ndarray, probs: np.ndarray, iters: int = 10, gauss_sxy: float = 1.0,
+                     gauss_compat: float = 3.0, bilateral_sxy: float = 67.0, bilateral_srgb: float = 3.0,
+                     bilateral_compat: float = 4.0) -> np.ndarray:
+    """Fully connected CRF on class probabilities. image uint8 (H,W,3); probs float (K,H,W) summing
+    to 1 over K. Returns the mean-field marginals, float32 (K,H,W)."""
+    from .refine.crf import _densecrf  # one place for the import and its "pip install" message
+
+    dcrf, unary_from_softmax = _densecrf()
+    K, H, W = probs.shape
+    d = dcrf.DenseCRF2D(W, H, K)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.asarray(probs, np.float32))))
+    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat,
+                           rgbim=np.array(image, dtype=np.uint8, order="C"))  # writable copy for the binding
+    return np.asarray(d.inference(int(iters)), dtype=np.float32).reshape(K, H, W)
+
+
+def _crf_settings(crf_cfg: Any) -> dict | None:
+    """eval_seg ``crf`` key → CRF keyword arguments, or None when disabled."""
     if crf_cfg is False or crf_cfg is None:
         return None
-    try:
-        from .refine import crf as crf_mod
-    except ImportError as e:
-        raise S2CError(f"eval_seg: 'crf' is enabled but s2c.refine.crf cannot be imported ({e}); "
-                       "set crf: false") from None
-    kwargs = crf_cfg if isinstance(crf_cfg, dict) else {}
-    return lambda image, probs: crf_mod.dense_crf(image, probs, **kwargs)
+    if crf_cfg is True:
+        return dict(CRF_DEFAULTS)
+    if isinstance(crf_cfg, dict) and not set(crf_cfg) - set(CRF_DEFAULTS):
+        return {**CRF_DEFAULTS, **crf_cfg}
+    raise S2CError(f"eval_seg: config key 'crf' must be false, true or a dict with keys from "
+                   f"{sorted(CRF_DEFAULTS)}, got {crf_cfg!r}")
 
 
 def save_palette_png(path: Path, label: np.ndarray) -> None:
@@ -137,7 +158,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
     Images without GT (e.g. a test split) are predicted and saved but not scored; ``n_images`` counts
     the scored ones and ``miou`` is null when none has GT.
     """
-    cfg = resolve_cfg(cfg, DEFAULTS, "eval_seg")
+    cfg = merge_cfg(cfg, DEFAULTS, "eval_seg")
     scales = [float(s) for s in cfg["scales"]]
     dev = tu.select_device(device)
     model, meta = load_seg_model(model_path, weights_dir, dev)
@@ -146,7 +167,11 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
     if meta.get("class_set") != ds.class_set or K != ds.num_classes + 1:
         raise S2CError(f"model {model_path} was trained for class_set {meta.get('class_set')!r} ({K} labels) "
                        f"but data.class_set is {ds.class_set!r}; use the matching model or data config")
-    crf = _crf_fn(cfg["crf"])
+    crf = _crf_settings(cfg["crf"])
+    if crf is not None:
+        from .refine.crf import _densecrf
+
+        _densecrf()  # fail before the first image when the CRF package is missing
     cm = np.zeros((K, K), np.int64)
     n_scored = 0
     loader = DataLoader(_EvalImages(ds), batch_size=None, num_workers=cfg["num_workers"], collate_fn=_identity)
@@ -159,7 +184,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
                 probs = predict_probs(model, normalize_image(image).to(dev), scales, cfg["flip"])
             probs = probs.cpu().numpy()
             if crf is not None:
-                probs = crf(image, probs)
+                probs = crf_refine_probs(image, probs, **crf)
             pred = probs.argmax(0).astype(np.uint8)
             if png_dir is not None:
                 save_palette_png(png_dir / f"{iid}.png", pred)

@@ -64,19 +64,23 @@ DEFAULTS: dict[str, Any] = {
 RESUME_FREE = {"num_workers", "log_every"}
 
 
-def resolve_cfg(cfg: dict | None, defaults: dict = DEFAULTS, stage: str = "train_seg") -> dict:
-    """Defaults overlaid with ``cfg``; S2CError naming any unknown key (typos fail loudly)."""
+def merge_cfg(cfg: dict | None, defaults: dict, section: str) -> dict:
+    """``defaults`` overlaid with ``cfg``; S2CError naming any unknown key (typos fail loudly)."""
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(defaults))
     if unknown:
-        raise S2CError(f"{stage}: unknown config key(s) {unknown} in the seg section; "
-                       f"known keys: {sorted(defaults)}")
-    out = {**defaults, **cfg}
-    for k in ("epochs", "batch_size", "crop_size"):
-        if not isinstance(out[k], int) or out[k] < 1:
-            raise S2CError(f"{stage}: config key {k!r} must be a positive integer, got {out[k]!r}")
+        raise S2CError(f"unknown config key(s) {unknown} in the {section} section; known keys: {sorted(defaults)}")
+    return {**defaults, **cfg}
+
+
+def resolve_cfg(cfg: dict | None) -> dict:
+    """The full ``seg`` section: :data:`DEFAULTS` overlaid with ``cfg``, checked."""
+    out = merge_cfg(cfg, DEFAULTS, "seg")
+    for k in ("epochs", "batch_size", "crop_size", "log_every"):
+        if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
+            raise S2CError(f"config key seg.{k} must be a positive integer, got {out[k]!r}")
     if len(out["scale_range"]) != 2:
-        raise S2CError(f"{stage}: config key 'scale_range' must be [lo, hi], got {out['scale_range']!r}")
+        raise S2CError(f"config key seg.scale_range must be [lo, hi], got {out['scale_range']!r}")
     return out
 
 

@@ -64,7 +64,7 @@ class SegAugment:
                  flip: bool = True, jitter: Sequence[float] | None = None):
         lo, hi = (float(s) for s in scale_range)
         if not 0 < lo <= hi:
-            raise S2CError(f"train_seg: scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale_range)}")
+            raise S2CError(f"config key seg.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale_range)}")
         self.scale_range = (lo, hi)
         tfs: list = [v2.RandomHorizontalFlip(0.5 if flip else 0.0),
                      v2.RandomCrop(int(crop_size), pad_if_needed=True,
