@@ -1,8 +1,8 @@
 """mIoU of a folder of label-map PNGs (pseudo-labels or segmentation predictions) against GT.
 
 Every id of the split must have ``<pred>/<id>.png`` (palette or grey, 0 = background, c+1 = class
-c) at the image's size. Writes ``{"miou", "iou", "threshold", "n_images"}`` (percent values;
-``threshold`` is null here, kept so every metrics JSON has the same keys).
+c) at the image's size. Writes ``{"miou", "iou", "n_images"}`` (percent values) — eval_cam's keys
+without ``threshold``, which a label folder does not have (consumers test ``"threshold" in m``).
 
 CLI::
 
@@ -51,7 +51,7 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
             raise S2CError(f"{path}: {e}") from None
     if not ds.ids:
         raise S2CError(f"split {split!r} has no images to evaluate; check data.root and the image list")
-    result = write_metrics(out, cm, names, threshold=None, n_images=len(ds.ids))
+    result = write_metrics(out, cm, names, n_images=len(ds.ids))
     if bar is not None:
         from .figures import plot_iou_bars
 
