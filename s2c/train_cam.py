@@ -1,0 +1,422 @@
+"""Stage ``train_cam``: the S2C CAM classifier, L = L_CLS + L_SSC + L_CPM (METHOD.md §2, §4, §5).
+
+    python -m s2c.train_cam --data-cfg JSON --split train_aug --embed-manifest cache/embed.json \\
+        --se-manifest cache/se.json --out results/cam --weights-dir weights \\
+        --cfg '{}' --sam-cfg '{"model_type": "vit_t"}' --device auto
+    torchrun --nproc_per_node 4 -m s2c.train_cam ...            # DDP, one GPU per process
+
+Outputs in ``--out``: ``last.pt`` (resumable checkpoint, each epoch), ``losses.csv`` (every step,
+every loss term), ``losses.png`` and, written last and atomically, ``model.pt`` =
+``{"model": state_dict, "cam_cfg": cfg, "num_classes": C, "class_set": str}``. A rerun after a
+kill continues from the last completed epoch (same augmentation stream, optimizer and RNG state).
+
+Config — the ``cam`` section (defaults in :data:`TRAIN_DEFAULTS`; model keys ``backbone``,
+``pretrained``, ``output_stride``, ``freeze_bn``, ``freeze_stem``, ``feat_dim`` are documented
+in :mod:`s2c.models.classifier`):
+
+========================  ==========  ==================================================================
+key                       default     meaning
+========================  ==========  ==================================================================
+epochs                    6           paper 6 (reference code 40)
+batch_size                8           per process
+lr                        0.02        base LR (backbone); new layers get ``lr_mult_new`` ×
+lr_mult_new               10.0        LR multiplier of the from-scratch layers (reference 10×)
+weight_decay              5e-4
+momentum                  0.0         SGD momentum (the reference's PolyOptimizer passes none)
+poly_power                0.9         poly LR decay power
+seed                      0
+num_workers               2           DataLoader workers (caches open lazily in each)
+amp                       false       bfloat16 autocast on CUDA (ignored on CPU)
+augment                   {}          :class:`s2c.data.transforms.TrainAugment` keys (reference defaults)
+sam_mode                  cached      ``cached``: decoder-only on the embedding cache; ``online``: encode
+                                      every augmented crop with SAM like the reference (no cache)
+ablation                  null        a row of the paper's Tables 1/2, see :data:`ABLATIONS`; applied
+                                      over the keys below
+ssc.enabled               true        L_SSC on
+ssc.level                 feature     ``feature`` (F, the paper) | ``logit`` (the CAMs; Table 1 row 2)
+ssc.temperature           0.5         divisor of the cosines (paper 0.5; reference ≡ 1)
+ssc.unassigned_prototype  false       reference quirk: unassigned pixels' mean as an extra negative
+ssc.weight                1.0
+cpm.enabled               true        L_CPM on
+cpm.start_epoch           1           first (0-based) epoch with L_CPM (paper: off for the first epoch;
+                                      reference code 2)
+cpm.prompt_cam            step        ``step``: this step's CAMs, detached (cheap); ``multiscale``: the
+                                      reference's no-grad 4-scale CAM (``cpm.scales``)
+cpm.scales                [0.5,1,1.5,2]
+cpm.min_distance          20          peak spacing in crop pixels (reference, 256 crops)
+cpm.threshold             0.5         τ for local peaks (the global max is always a prompt)
+cpm.single_peak           false       only the global max (Table 2 "single peak")
+cpm.exclude_border        true        drop local peaks within min_distance of the border (peak_local_max)
+cpm.multimask_index       2           SAM output kept (reference 2, the largest), or "best"
+cpm.alpha_sam             logits      α_sam: ``logits`` (reference) | ``sigmoid`` | ``stability``
+cpm.confidence            both        α = ``both`` α_sam·α_cam | ``sam`` | ``cam`` | ``none``
+cpm.background            uncovered   ``uncovered`` (reference) | ``tau`` (paper eq. 11, max_c α < cpm.tau)
+cpm.tau                   0.5
+cpm.loss                  ce          ``ce`` over [1 − max A; A] | ``l1`` to class masks (Table 2 "no bg map")
+cpm.batching              pad         decoder batching of one image's classes (s2c.sam.prompt)
+cpm.weight                1.0
+========================  ==========  ==================================================================
+
+``--sam-cfg``: ``{"model_type": vit_t|vit_b|vit_l|vit_h|vit_test, "checkpoint": path|null}``; the
+decoder must come from the checkpoint that built the embedding cache (checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from . import train_utils as tu
+from .errors import S2CError, cli_main
+from .io import atomic_path, ensure_writable_dir
+from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
+                     normalize_cams, ssc_loss)
+
+log = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 6,
+    "batch_size": 8,
+    "lr": 0.02,
+    "lr_mult_new": 10.0,
+    "weight_decay": 5e-4,
+    "momentum": 0.0,
+    "poly_power": 0.9,
+    "seed": 0,
+    "num_workers": 2,
+    "amp": False,
+    "augment": {},
+    "sam_mode": "cached",
+    "ablation": None,
+    "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "weight": 1.0},
+    "cpm": {
+        "enabled": True, "start_epoch": 1, "prompt_cam": "step", "scales": [0.5, 1.0, 1.5, 2.0],
+        "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
+        "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
+        "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
+    },
+}
+MODEL_KEYS = ("backbone", "pretrained", "output_stride", "freeze_bn", "freeze_stem", "feat_dim")
+
+# The paper's ablation rows (METHOD.md §6) as overrides of the keys above.
+ABLATIONS: dict[str, dict] = {
+    "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1: 50.1
+    "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1: 57.3
+    "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
+    "s2c": {},                                                                   # Table 1: 76.1
+    "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
+    "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
+    "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
+    "cam_confidence": {"cpm": {"confidence": "cam"}},                            # (no SAM score)
+    "no_background": {"cpm": {"loss": "l1"}},                                    # Table 2: 74.9
+}
+_CHOICES = {
+    ("sam_mode",): ("cached", "online"), ("ssc", "level"): ("feature", "logit"),
+    ("cpm", "prompt_cam"): ("step", "multiscale"), ("cpm", "alpha_sam"): ("logits", "sigmoid", "stability"),
+    ("cpm", "confidence"): ("both", "sam", "cam", "none"), ("cpm", "background"): ("uncovered", "tau"),
+    ("cpm", "loss"): ("ce", "l1"), ("cpm", "batching"): ("pad", "group"),
+}
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k not in base:
+            raise S2CError(f"unknown config key {where}.{k}; known keys: {sorted(base)}")
+        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base[k], dict) and k != "augment" else v
+    return out
+
+
+def resolve_cfg(cfg: dict | None) -> dict:
+    """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
+
+    Model keys pass through untouched for :func:`s2c.models.build_classifier`.
+    """
+    cfg = dict(cfg or {})
+    model = {k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}
+    out = _merge(TRAIN_DEFAULTS, cfg, "cam")
+    if out["ablation"] is not None:
+        if out["ablation"] not in ABLATIONS:
+            raise S2CError(f"cam.ablation {out['ablation']!r} unknown; use one of {sorted(ABLATIONS)} or null")
+        out = _merge(out, ABLATIONS[out["ablation"]], "cam")
+    for path, allowed in _CHOICES.items():
+        v = out
+        for p in path:
+            v = v[p]
+        if v not in allowed:
+            raise S2CError(f"cam.{'.'.join(path)} = {v!r}; use one of {list(allowed)}")
+    if out["cpm"]["multimask_index"] not in (0, 1, 2, "best"):
+        raise S2CError(f"cam.cpm.multimask_index = {out['cpm']['multimask_index']!r}; use 0, 1, 2 or \"best\"")
+    for k in ("epochs", "batch_size"):
+        if not isinstance(out[k], int) or out[k] < 1:
+            raise S2CError(f"cam.{k} must be a positive integer, got {out[k]!r}")
+    return {**out, **model}
+
+
+# ----------------------------------------------------------------------------------------- CPM
+@torch.no_grad()
+def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str) -> torch.Tensor:
+    """Pseudo-labels Ŝ (B, h, w) long (0 bg, c+1 class c, 255 padding) for a batch of crops.
+
+    Peaks of ``prompt_cam`` (B, C, h, w) → one multi-point prompt per present class → SAM. ``cached``:
+    peaks go back to original-image coordinates, the decoder runs on the cached embedding, its
+    logits are warped into the crop. ``online``: each crop is encoded like the reference.
+    """
+    from .data.transforms import denormalize
+    from .sam.prompt import decode_prompts, encode_images, sam_input_size
+
+    labels, valid = batch["labels"], batch["valid"]
+    B, _, h, w = prompt_cam.shape
+    peaks = find_peaks(prompt_cam, labels, cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
+                       valid, cpm["exclude_border"])
+    if mode == "online":
+        emb = encode_images(sam, list(denormalize(batch["image"])))  # (B, 256, 64, 64): the reference's cost
+    target = torch.empty(B, h, w, dtype=torch.long, device=prompt_cam.device)
+    for b in range(B):
+        classes = torch.tensor([c for c, _ in peaks[b]], dtype=torch.long, device=prompt_cam.device)
+        if classes.numel() == 0:
+            target[b] = cpm_pseudo_label(prompt_cam[b], classes, prompt_cam.new_zeros(0, h, w), valid[b])
+            continue
+        # SAM's prompt encoder takes pixel indices (it adds 0.5 itself); peaks are pixel centres
+        pts = [p.cpu().numpy() for _, p in peaks[b]]
+        if mode == "online":
+            logits, _ = decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w), sam_input_size((h, w)),
+                                       cpm["multimask_index"], batching=cpm["batching"])
+        else:
+            geo = batch["geometry"][b]
+            orig = tuple(batch["orig_size"][b].tolist())
+            logits, _ = decode_prompts(sam, batch["embedding"][b], [geo.points_to_orig(p) - 0.5 for p in pts],
+                                       orig, tuple(batch["input_size"][b].tolist()), cpm["multimask_index"],
+                                       batching=cpm["batching"])
+            logits = geo.warp_to_crop_torch(logits, "bilinear", fill=-20.0)  # padding: confidently "no mask"
+        target[b] = cpm_pseudo_label(prompt_cam[b], classes, logits.to(prompt_cam.device), valid[b],
+                                     cpm["alpha_sam"], cpm["confidence"], cpm["background"], cpm["tau"])
+    return target
+
+
+def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = False) -> dict[str, torch.Tensor]:
+    """All loss terms of one step. Returns {"loss", "loss_cls", "loss_ssc", "loss_cpm"} (scalars)."""
+    x, labels = batch["image"], batch["labels"]
+    out = model(x)
+    zero = out["logits"].sum() * 0.0
+    parts = {"loss_cls": cls_loss(out["logits"], labels), "loss_ssc": zero, "loss_cpm": zero}
+    ssc, cpm = cfg["ssc"], cfg["cpm"]
+    if ssc["enabled"]:
+        maps = out["feats"] if ssc["level"] == "feature" else out["cams"]
+        parts["loss_ssc"] = ssc["weight"] * ssc_loss(maps, batch["se"], ssc["temperature"], ssc["unassigned_prototype"])
+    if use_cpm:
+        cam = normalize_cams(out["cams"].float(), labels, x.shape[-2:])
+        if cpm["prompt_cam"] == "step":
+            prompt_cam = cam.detach()
+        else:
+            net = tu.unwrap(model)
+            was_training = net.training
+            net.eval()  # the reference takes its prompting CAM in eval mode
+            prompt_cam = multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"])
+            net.train(was_training)
+        target = cpm_targets(sam, batch, prompt_cam, cpm, cfg["sam_mode"])
+        parts["loss_cpm"] = cpm["weight"] * cpm_loss(cam, target, labels, cpm["loss"])
+    parts["loss"] = parts["loss_cls"] + parts["loss_ssc"] + parts["loss_cpm"]
+    return parts
+
+
+# ---------------------------------------------------------------------------------------- setup
+def load_sam_for_training(sam_cfg: dict, weights_dir, device) -> tuple[Any, str]:
+    """(sam on device, checkpoint sha256) from ``{"model_type", "checkpoint"}``."""
+    from .sam_embed import EMBED_DEFAULTS, load_sam
+
+    cfg = {**EMBED_DEFAULTS, **{k: v for k, v in (sam_cfg or {}).items() if k in ("model_type", "checkpoint")}}
+    sam, sha = load_sam(cfg, weights_dir, str(device))
+    sam.requires_grad_(False)
+    return sam, sha
+
+
+def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se_manifest=None,
+                  embed_expect: dict | None = None):
+    """(CAMTrainDataset, SegDataset); caches are checked against the image list (and the SAM)."""
+    from .data import open_dataset
+    from .data.cam_train import CAMTrainDataset
+    from .sam.cache import EmbeddingReader, SEMapReader
+
+    ds = open_dataset(data_cfg, split)
+    h = ds.image_list_hash()
+    se = emb = None
+    if cfg["ssc"]["enabled"]:
+        if se_manifest is None:
+            raise S2CError("cam.ssc.enabled needs --se-manifest (the sam_everything cache); or set cam.ssc.enabled false")
+        se = SEMapReader(se_manifest, {"image_list_hash": h})
+    if cfg["cpm"]["enabled"] and cfg["sam_mode"] == "cached":
+        if embed_manifest is None:
+            raise S2CError("cam.cpm with sam_mode cached needs --embed-manifest (the sam_embed cache); "
+                           "or set cam.sam_mode online")
+        emb = EmbeddingReader(embed_manifest, {"image_list_hash": h, **(embed_expect or {})})
+    return CAMTrainDataset(ds, cfg["augment"], emb, se, cfg["seed"]), ds
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "orig_size"
+                and k != "input_size" else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------- train
+def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: str | os.PathLike = "weights",
+              cfg: dict | None = None, sam_cfg: dict | None = None, embed_manifest=None, se_manifest=None,
+              device: str = "auto", stop_after_epochs: int | None = None, progress: bool = True,
+              model: torch.nn.Module | None = None) -> Path | None:
+    """Train (or resume) the CAM classifier; returns ``<out>/model.pt`` (None when stopped early).
+
+    ``stop_after_epochs`` ends this process after that many epochs *of this run* (checkpoint kept,
+    no model.pt): a controlled stand-in for a killed job in tests. ``model`` replaces the one
+    :func:`s2c.models.build_classifier` would build (tiny models in tests; it must have the
+    CAMClassifier interface, and model.pt then only loads into the same architecture).
+    """
+    from .models import build_classifier
+
+    cfg = resolve_cfg(cfg)
+    rank, world, _ = tu.ddp_init("nccl" if device != "cpu" and torch.cuda.is_available() else "gloo")
+    dev = tu.select_device(device)
+    out = ensure_writable_dir(out)
+    tu.seed_everything(cfg["seed"] + rank)
+
+    use_sam = cfg["cpm"]["enabled"]
+    sam, sha = load_sam_for_training(sam_cfg or {}, weights_dir, dev) if use_sam else (None, None)
+    embed_expect = {"model_type": sam.model_type, "checkpoint_sha256": sha} if use_sam else None
+    data, ds = build_dataset(data_cfg, split, cfg, embed_manifest, se_manifest, embed_expect)
+    C = ds.num_classes
+    if model is None:
+        model = build_classifier({k: cfg[k] for k in MODEL_KEYS if k in cfg}, C, weights_dir)
+    model = model.to(dev)
+    opt = torch.optim.SGD(model.param_groups(cfg["lr_mult_new"]), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"], drop_last=True)
+    if len(data) // world < cfg["batch_size"]:
+        raise S2CError(f"split {split!r} has {len(data)} images: fewer than cam.batch_size={cfg['batch_size']} "
+                       f"per process × {world}; lower cam.batch_size")
+    loader = DataLoader(data, cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"],
+                        collate_fn=_collate(), drop_last=True, pin_memory=dev.type == "cuda",
+                        persistent_workers=False)
+    steps_per_epoch, epochs = len(loader), cfg["epochs"]
+    total = steps_per_epoch * epochs
+
+    ckpt = tu.Checkpointer(out)
+    state = ckpt.load()
+    start_epoch, step = 0, 0
+    if state is not None:
+        if state.get("cfg") != cfg:
+            raise S2CError(f"{ckpt.path} was written with a different cam config; delete it to start over "
+                           "or restore the config it was trained with")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        tu.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        start_epoch, step = state["epoch"], state["step"]
+        log.info("resuming from %s at epoch %d (step %d)", ckpt.path, start_epoch, step)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    amp = cfg["amp"] and dev.type == "cuda"
+    fields = ["step", "epoch", "lr", "loss", "loss_cls", "loss_ssc", "loss_cpm", "step_time"]
+    logger = tu.CSVLogger(out / "losses.csv", fields, resume_step=step if state else None) if tu.is_main() else None
+
+    model.train()
+    done = start_epoch
+    for epoch in range(start_epoch, epochs):
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            break
+        sampler.set_epoch(epoch)
+        data.set_epoch(epoch)
+        use_cpm = cfg["cpm"]["enabled"] and epoch >= cfg["cpm"]["start_epoch"]
+        for batch in tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{epochs}", disable=not (progress and tu.is_main())):
+            t0 = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = tu.poly_lr(cfg["lr"], step, total, cfg["poly_power"]) * g["lr_mult"]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                parts = compute_losses(model, _to(batch, dev), cfg, sam, use_cpm)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            step += 1
+            if logger:
+                logger.log({"step": step - 1, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                            "step_time": round(time.perf_counter() - t0, 4),
+                            **{k: float(tu.all_reduce_mean(v.detach())) for k, v in parts.items()}})
+            elif world > 1:
+                for v in parts.values():
+                    tu.all_reduce_mean(v.detach())  # keep the collective calls matched across ranks
+        rngs = _gather_rng(world)
+        if tu.is_main():
+            ckpt.save({"epoch": epoch + 1, "step": step, "model": tu.unwrap(model).state_dict(),
+                       "optimizer": opt.state_dict(), "rng": rngs, "cfg": cfg})
+            tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"],
+                        title=f"train_cam ({split})")
+        tu.barrier()
+        done = epoch + 1
+    if logger:
+        logger.close()
+    final = out / "model.pt"
+    finished = done >= epochs
+    if tu.is_main() and finished:
+        if not (out / "losses.png").exists():
+            tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"])
+        with atomic_path(final) as tmp:
+            torch.save({"model": tu.unwrap(model).state_dict(), "cam_cfg": cfg, "num_classes": C,
+                        "class_set": ds.class_set}, tmp)
+    tu.barrier()
+    tu.ddp_cleanup()
+    return final if finished else None
+
+
+def _collate():
+    from .data.cam_train import collate
+
+    return collate
+
+
+def _gather_rng(world: int):
+    """Every rank's RNG state (rank order) so a resumed DDP run restores each process's streams."""
+    st = tu.rng_state()
+    if world <= 1:
+        return st
+    allst = [None] * world
+    torch.distributed.all_gather_object(allst, st)
+    return allst
+
+
+# ---------------------------------------------------------------------------------------- CLI
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    from .sam_embed import parse_json_arg
+
+    p = argparse.ArgumentParser(prog="python -m s2c.train_cam", description=__doc__.split("\n")[0])
+    p.add_argument("--data-cfg", required=True, help="the config's data section as JSON (or a JSON file)")
+    p.add_argument("--split", required=True, help="training split, e.g. train_aug")
+    p.add_argument("--embed-manifest", type=Path, default=None, help="SAM embedding cache (manifest or store)")
+    p.add_argument("--se-manifest", type=Path, default=None, help="segment-everything cache (manifest or store)")
+    p.add_argument("--out", type=Path, required=True, help="output dir: last.pt, losses.csv/png, model.pt")
+    p.add_argument("--weights-dir", type=Path, default=Path("weights"), help="backbone / SAM weights folder")
+    p.add_argument("--cfg", default="{}", help="the config's cam section as JSON (keys: see module doc)")
+    p.add_argument("--sam-cfg", default="{}", help='{"model_type": ..., "checkpoint": ...} of the SAM decoder')
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    final = train_cam(parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out, a.weights_dir,
+                      parse_json_arg(a.cfg, "--cfg"), parse_json_arg(a.sam_cfg, "--sam-cfg"),
+                      a.embed_manifest, a.se_manifest, a.device, progress=not a.no_progress)
+    if tu.is_main() and final is not None:
+        print(f"wrote {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
