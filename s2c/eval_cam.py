@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2c.eval_cam", description=__doc__.split("\n")[0])
     p.add_argument("--cams", type=Path, required=True, help="CAM store written by infer_cam")
     p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
-    p.add_argument("--split", required=True, help="split the store was made for (needs GT masks)")
+    p.add_argument("--split", required=True, help="split to evaluate (needs GT masks; the store must hold its ids)")
     p.add_argument("--out", type=Path, required=True, help="output metrics JSON")
     p.add_argument("--cfg", default="{}", help="JSON: eval_cam section (thresholds)")
     p.add_argument("--bar", type=Path, default=None, help="also write a per-class IoU bar chart PNG")

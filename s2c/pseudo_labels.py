@@ -6,6 +6,15 @@
 - ``sam``: the ``none`` labels post-processed with the SE masks (:mod:`s2c.refine.sam_post`,
   Chen et al. 2023; needs ``--se-manifest``).
 
+Config (the ``pseudo`` section; defaults in :data:`DEFAULTS`):
+
+- ``threshold`` (null): fixed background threshold; null → the ``threshold`` of ``--threshold-json``.
+- ``refine`` ("none"): none | crf | sam.
+- ``crf``: ``alpha`` (null → α with (1 − t)^α = t), ``iters`` 10, ``gauss_sxy`` 3, ``gauss_compat`` 3,
+  ``bilateral_sxy`` 80, ``bilateral_srgb`` 13, ``bilateral_compat`` 10 (PSA/IRN values).
+- ``sam``: ``fg_ratio`` 0.5 (|R∩S|/|S| >), ``region_ratio`` 0.85 (|R∩S|/|R| >=),
+  ``include_background`` true (background competes for masks like a class).
+
 The output folder holds ``<id>.png`` (VOC palette) for every id of the split; it is written to a
 temporary sibling and renamed, so it is either complete or absent.
 
