@@ -41,30 +41,41 @@ def _hand_made():
 
 def test_sam_refine_hand_made_case():
     label, se = _hand_made()
+    lab, seg = label.ravel(), se.ravel()
     out = sam_refine(label, se).ravel()
-    seg = se.ravel()
-    assert (out[seg == 1] == 1).all()                       # A claimed by class 1 (mask criterion)
-    assert (out[seg == 2] == 2).all()                       # B claimed by class 2 (region criterion)
-    assert (out[seg == 3] == 0).all()                       # C: one class only, the larger overlap (bg 7 > 3)
-    np.testing.assert_array_equal(out[seg == 4], label.ravel()[seg == 4])  # D unclaimed: unchanged
-    np.testing.assert_array_equal(out[seg == 0], label.ravel()[seg == 0])  # uncovered: keep their class
+    assert (out[seg == 1] == 1).all()                # A claimed by class 1 (mask criterion)
+    assert (out[seg == 2] == 2).all()                # B claimed by class 2 (region criterion)
+    assert (out[seg == 3] == 3).all()                # C: class 3 (all of R3); background does not compete
+    assert (out[seg == 4] == 0).all()                # D claimed by nobody → background
+    np.testing.assert_array_equal(out[seg == 0], lab[seg == 0])  # uncovered pixels keep their class
 
-    out_nobg = sam_refine(label, se, include_background=False).ravel()
-    assert (out_nobg[seg == 3] == 3).all()                  # without bg competing, class 3 claims C
-    assert (out_nobg[seg == 1] == 1).all() and (out_nobg[seg == 2] == 2).all()
+    # background competing: both bg (0.7 of C) and class 3 qualify; one class only, the larger overlap
+    out_bg = sam_refine(label, se, include_background=True).ravel()
+    assert (out_bg[seg == 3] == 0).all()
+    assert (out_bg[seg == 1] == 1).all() and (out_bg[seg == 2] == 2).all()
+
+    out_keep = sam_refine(label, se, keep_unclaimed=True).ravel()
+    np.testing.assert_array_equal(out_keep[seg == 4], lab[seg == 4])  # D unchanged
+    np.testing.assert_array_equal(out_keep[seg != 4], out[seg != 4])
 
 
 def test_sam_refine_thresholds_are_strict_and_inclusive():
     # 20-pixel mask, 17 of class 1 whose region has 20 pixels: 17/20 = 0.85 → region criterion holds
     label = np.array([1] * 17 + [0] * 3 + [1] * 3 + [0] * 7, np.uint8)[None]
     se = np.array([1] * 20 + [0] * 10, np.int32)[None]
-    assert (sam_refine(label, se, fg_ratio=0.9, include_background=False)[0, :20] == 1).all()
-    # with region_ratio just above, nothing qualifies (17/20 = 0.85 is not > 0.9 either)
-    out = sam_refine(label, se, fg_ratio=0.9, region_ratio=0.86, include_background=False)
-    np.testing.assert_array_equal(out, label)
+    out = sam_refine(label, se, fg_ratio=0.9)
+    assert (out[0, :20] == 1).all()
+    np.testing.assert_array_equal(out[0, 20:], label[0, 20:])
+    # region_ratio just above and 17/20 = 0.85 not > 0.9: unclaimed → the mask becomes background
+    out = sam_refine(label, se, fg_ratio=0.9, region_ratio=0.86)
+    assert (out[0, :20] == 0).all()
+    np.testing.assert_array_equal(out[0, 20:], label[0, 20:])
+    # and exactly 0.5 of the mask is not > 0.5
+    half = np.array([[1, 1, 0, 0, 1, 1, 1, 1]], np.uint8)
+    assert (sam_refine(half, np.array([[1, 1, 1, 1, 0, 0, 0, 0]]))[0, :4] == 0).all()
 
 
-def _reference(label, se, fg_ratio=0.5, region_ratio=0.85):
+def _reference(label, se, fg_ratio=0.5, region_ratio=0.85, include_background=False, keep_unclaimed=False):
     """Loop version of the rule, for comparison."""
     out = label.copy()
     for s in np.unique(se):
@@ -73,25 +84,28 @@ def _reference(label, se, fg_ratio=0.5, region_ratio=0.85):
         m = se == s
         best, best_n = None, -1
         for c in np.unique(label):
-            if c == 255:
+            if c == 255 or (c == 0 and not include_background):
                 continue
             n = int((m & (label == c)).sum())
             if n and (n / m.sum() > fg_ratio or n / (label == c).sum() >= region_ratio) and n > best_n:
                 best, best_n = c, n
         if best is not None:
             out[m] = best
+        elif not keep_unclaimed:
+            out[m] = 0
     return out
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(2, 5))
-def test_sam_refine_matches_loop(seed, n_seg, n_cls):
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(2, 5), st.booleans(), st.booleans())
+def test_sam_refine_matches_loop(seed, n_seg, n_cls, with_bg, keep):
     rng = np.random.default_rng(seed)
     label = rng.integers(0, n_cls, (9, 11)).astype(np.uint8)
     label[rng.random(label.shape) < 0.05] = 255
     # blocky segments so that some masks are dominated by one class
     se = rng.integers(0, n_seg + 1, (3, 4)).repeat(3, 0).repeat(3, 1)[:9, :11].astype(np.int32)
-    np.testing.assert_array_equal(sam_refine(label, se), _reference(label, se))
+    np.testing.assert_array_equal(sam_refine(label, se, include_background=with_bg, keep_unclaimed=keep),
+                                  _reference(label, se, include_background=with_bg, keep_unclaimed=keep))
 
 
 def test_sam_refine_shape_mismatch():

@@ -4,10 +4,14 @@ A SAM mask S (one segment of the SE map) is assigned to class i when
 
     |R_i ∩ S| / |S| > fg_ratio (0.5)   or   |R_i ∩ S| / |R_i| >= region_ratio (0.85),
 
-with R_i the region of class i in the input label map (background included as class 0 by
-default). A mask is claimed by ONE class only: when several classes qualify, the one with the
-largest overlap |R_i ∩ S| wins (ties → the lowest label value). Claimed masks are filled with their
-class; pixels of unclaimed masks and pixels in no mask (SE id 0) keep their label.
+with R_i the region of class i in the input label map (foreground classes; background competes
+too only with ``include_background``). A mask is claimed by ONE class only: when several classes
+qualify, the one with the largest overlap |R_i ∩ S| wins (ties → the lowest label value).
+
+The refined label map is built from the masks: claimed masks take their class, pixels in no mask
+(SE id 0) keep their label (so R_i's uncovered pixels keep class i), and pixels of masks no class
+claimed become background — the new R_i is the union of its masks plus its uncovered pixels.
+``keep_unclaimed`` keeps the input label there instead (a milder variant, not Chen et al.'s).
 
 Vectorised: one bincount over (segment, label) pairs gives every |R_i ∩ S| at once.
 """
@@ -21,19 +25,22 @@ from ..errors import S2CError
 SAM_DEFAULTS: dict = {
     "fg_ratio": 0.5,
     "region_ratio": 0.85,
-    "include_background": True,
+    "include_background": False,
+    "keep_unclaimed": False,
 }
 
 IGNORE = 255
 
 
 def sam_refine(label: np.ndarray, se_map: np.ndarray, fg_ratio: float = 0.5, region_ratio: float = 0.85,
-               include_background: bool = True) -> np.ndarray:
+               include_background: bool = False, keep_unclaimed: bool = False) -> np.ndarray:
     """Refine a label map with the SE masks.
 
     label: uint8 (H, W), 0 = background, c+1 = class c, 255 = ignore (255 is no region and
-    claims nothing; its pixels inside a claimed mask take the mask's class). se_map: int (H, W), 0 = no mask, 1..N = segment ids. include_background: whether
-    background (0) competes for masks like a class. Returns uint8 (H, W).
+    claims nothing; inside a mask its pixels follow the mask). se_map: int (H, W), 0 = no mask,
+    1..N = segment ids. include_background: whether background (0) competes for masks like a
+    class. keep_unclaimed: pixels of unclaimed masks keep their label instead of becoming
+    background. Returns uint8 (H, W).
     """
     label = np.asarray(label)
     se = np.asarray(se_map).astype(np.int64)
@@ -59,5 +66,9 @@ def sam_refine(label: np.ndarray, se_map: np.ndarray, fg_ratio: float = 0.5, reg
         ok[:, 0] = False
     claimed = ok.any(1)
     winner = np.where(ok, inter, -1).argmax(1)  # largest overlap; argmax → lowest label on ties
-    out = np.where(claimed[se], winner[se], lab)
+    # per segment: its winner, or what unclaimed masks become (background; -1 = keep the label)
+    fill = np.where(claimed, winner, -1 if keep_unclaimed else 0)
+    fill[0] = -1
+    seg_fill = fill[se]
+    out = np.where(seg_fill >= 0, seg_fill, lab)
     return out.astype(np.uint8)
