@@ -130,6 +130,33 @@ def train_seg(data_cfg: dict, split: str, labels_dir: str | Path, out_dir: str |
         tu.ddp_cleanup()
 
 
+def _make_loader(data: PseudoLabelDataset, cfg: dict, dev: torch.device, rank: int, world: int
+                 ) -> tuple[DataLoader, torch.Generator]:
+    """Shuffling loader whose order and worker seeds come from the returned generator, which the
+    loop reseeds per epoch: a resumed epoch sees the same batches as the killed one."""
+    gen = torch.Generator()
+    sampler = (DistributedSampler(data, world, rank, shuffle=True, seed=cfg["seed"]) if world > 1
+               else RandomSampler(data, generator=gen))
+    loader = DataLoader(data, batch_size=cfg["batch_size"], sampler=sampler, generator=gen,
+                        num_workers=cfg["num_workers"], pin_memory=dev.type == "cuda",
+                        drop_last=len(data) >= cfg["batch_size"] * world)  # ASPP's BN needs >1 image
+    return loader, gen
+
+
+def _train_step(model, opt, scaler, img, lab, use_amp: bool) -> float:
+    """One SGD step on a batch (img (B,3,h,w), lab (B,h,w)); returns the loss averaged over ranks."""
+    with torch.autocast(img.device.type, enabled=use_amp):
+        loss = seg_loss(model(img), lab)
+    value = float(tu.all_reduce_mean(loss.detach()))
+    if not math.isfinite(value):  # same value on every rank, so all of them stop together
+        raise S2CError(f"train_seg: loss became {value}; lower seg.lr or disable seg.amp")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return value
+
+
 def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, device, on_epoch_end,
            rank: int, world: int) -> Path:
     dev = tu.select_device(device)
@@ -138,14 +165,7 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, device,
     K = ds.num_classes + 1
     data = PseudoLabelDataset(ds, labels_dir, SegAugment(cfg["crop_size"], cfg["scale_range"],
                                                          cfg["flip"], cfg["jitter"]))
-    gen = torch.Generator()
-    sampler = (DistributedSampler(data, world, rank, shuffle=True, seed=cfg["seed"]) if world > 1
-               else RandomSampler(data, generator=gen))
-    loader = DataLoader(data, batch_size=cfg["batch_size"], sampler=sampler, generator=gen,
-                        num_workers=cfg["num_workers"], pin_memory=dev.type == "cuda",
-                        drop_last=len(data) >= cfg["batch_size"] * world,  # BN needs >1 sample
-                        persistent_workers=False)
-
+    loader, gen = _make_loader(data, cfg, dev, rank, world)
     model = build_model(cfg, K, weights_dir).to(dev)
     opt = make_optimizer(model, cfg)
     use_amp = bool(cfg["amp"]) and dev.type == "cuda"
@@ -167,41 +187,30 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, device,
     main = tu.is_main()
     logger = tu.CSVLogger(out_dir / "log.csv", ["step", "epoch", "loss", "lr"],
                           resume_step=step if state is not None else None) if main else None
-
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
-            gen.manual_seed(cfg["seed"] * 100003 + epoch)  # same order/augmentation for a resumed epoch
+            gen.manual_seed((cfg["seed"] * 1000 + rank) * 100003 + epoch)
             if world > 1:
-                sampler.set_epoch(epoch)
-            ep_sum, ep_n, win = 0.0, 0, []
-            for img, lab in tqdm(loader, desc=f"train_seg {epoch + 1}/{cfg['epochs']}", disable=not main,
-                                 leave=False):
+                loader.sampler.set_epoch(epoch)
+            losses, logged = [], 0
+            for img, lab in tqdm(loader, desc=f"train_seg {epoch + 1}/{cfg['epochs']}", disable=not main, leave=False):
                 for g in opt.param_groups:
                     g["lr"] = tu.poly_lr(cfg["lr"] * g["lr_mult"], step, total, cfg["poly_power"])
-                img, lab = img.to(dev, non_blocking=True), lab.to(dev, non_blocking=True)
-                with torch.autocast(dev.type, enabled=use_amp):
-                    loss = seg_loss(model(img), lab)
-                if not math.isfinite(loss.item()):
-                    raise S2CError(f"train_seg: loss became {loss.item()} at step {step}; lower 'lr' or disable 'amp'")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                losses.append(_train_step(model, opt, scaler, img.to(dev, non_blocking=True),
+                                          lab.to(dev, non_blocking=True), use_amp))
                 step += 1
-                win.append(float(tu.all_reduce_mean(loss.detach())))
-                ep_sum, ep_n = ep_sum + win[-1], ep_n + 1
-                if main and (step % cfg["log_every"] == 0 or ep_n == len(loader)):
-                    logger.log({"step": step, "epoch": epoch + 1, "loss": sum(win) / len(win),
-                                "lr": opt.param_groups[0]["lr"]})
-                    win = []
+                if main and (step % cfg["log_every"] == 0 or len(losses) == len(loader)):
+                    logger.log({"step": step, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                                "loss": sum(losses[logged:]) / (len(losses) - logged)})  # mean since last row
+                    logged = len(losses)
             if main:
                 ckpt.save({"epoch": epoch + 1, "step": step, "cfg": cfg, "model": tu.unwrap(model).state_dict(),
                            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": tu.rng_state()})
                 tu.plot_csv(out_dir / "log.csv", out_dir / "losses.png", ["loss"], title="train_seg loss")
             tu.barrier()
             if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, {"loss": ep_sum / max(ep_n, 1), "step": step})
+                on_epoch_end(epoch + 1, {"loss": sum(losses) / max(len(losses), 1), "step": step})
     finally:
         if logger is not None:
             logger.close()

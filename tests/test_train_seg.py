@@ -74,11 +74,12 @@ def test_full_run_writes_model_log_and_checkpoint(full_run, voc):
 
 def test_loss_decreases_when_overfitting(voc, tmp_path):
     data_cfg, labels = voc
-    cfg = {**TINY, "epochs": 6, "scale_range": [1.0, 1.0], "flip": False, "lr": 0.02}
+    cfg = {**TINY, "epochs": 6, "scale_range": [1.0, 1.0], "flip": False}
     losses = []
     train_seg(data_cfg, "train", labels, tmp_path, cfg, device="cpu",
               on_epoch_end=lambda ep, m: losses.append(m["loss"]))
-    assert losses[-1] < 0.8 * losses[0], losses
+    # random crops make single epochs noisy; seeds 0-2 all give mean(last two) < 0.5 * first
+    assert np.mean(losses[-2:]) < 0.5 * losses[0], losses
 
 
 def test_killed_run_resumes_from_checkpoint(voc, full_run, tmp_path):
