@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -93,7 +94,11 @@ def load_classifier(path: str | Path, weights_dir: str | Path | None = None,
         raise S2CError(f"model file {path} lacks key(s) {missing}; it is not a train_cam output")
     # pretrained weights are overwritten by the state dict: never download/read them here
     cam_cfg = dict(ckpt["cam_cfg"], pretrained=False)
-    model = build_classifier(cam_cfg, int(ckpt["num_classes"]), weights_dir)
+    with warnings.catch_warnings():
+        # the builder warns about frozen BN without pretrained weights; here the trained state
+        # dict (BN statistics included) replaces everything right away
+        warnings.filterwarnings("ignore", message=".*freeze_bn.*", category=UserWarning)
+        model = build_classifier(cam_cfg, int(ckpt["num_classes"]), weights_dir)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

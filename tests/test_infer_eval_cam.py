@@ -17,7 +17,7 @@ from s2c.data import open_dataset
 from s2c.errors import S2CError
 from s2c.infer_cam import CAMStore, infer_cams, multiscale_cams
 
-CAM_CFG = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 32}
+CAM_CFG = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 32, "freeze_bn": False}
 # few/small scales keep the random model cheap on the shared CPU; the multi-scale path is the same
 FAST = {"scales": [0.5, 1.0], "flip": True}
 
