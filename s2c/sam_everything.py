@@ -1,0 +1,110 @@
+"""Stage ``sam_everything``: segment-everything label maps of one part of a split, into one Zarr store.
+
+    python -m s2c.sam_everything --data-cfg JSON --split train --part 0 --parts 4 \\
+        --out cache/train/se.part0.zarr --weights-dir weights --cfg '{"everything": {...}}' --device auto
+
+Same part slicing, ``<out>.partial`` + rename, resume and corrupt-image handling as
+:mod:`s2c.sam_embed`. Each image's map is SAM automatic mask generation on the original image,
+merged by the ``overlap`` rule (:mod:`s2c.sam.everything`), stored at the image's resolution.
+
+Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``skip_corrupt``
+(False), ``num_workers`` (2), ``everything`` — see :data:`s2c.sam.everything.EVERYTHING_DEFAULTS`:
+``impl`` (fast | stock), ``points_per_side`` (32), ``points_per_batch`` (64), ``pred_iou_thresh``
+(0.88), ``stability_score_thresh`` (0.95), ``stability_score_offset`` (1.0), ``box_nms_thresh``
+(0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
+``skip_covered`` (False), ``stability_margin`` (0.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .errors import cli_main
+from .sam.cache import PartWriter, make_identity
+from .sam.everything import everything_settings, resolve_everything_cfg, se_map
+from .sam_embed import (
+    RANDOM_CHECKPOINT,
+    add_part_args,
+    handle_corrupt,
+    iter_images,
+    load_sam,
+    merge_cfg,
+    open_part,
+    parse_json_arg,
+)
+
+log = logging.getLogger(__name__)
+
+SE_DEFAULTS: dict[str, Any] = {
+    "model_type": "vit_t",
+    "checkpoint": None,
+    "skip_corrupt": False,
+    "num_workers": 2,
+    "everything": {},
+}
+_SAM_SECTION_OTHER = {"parts", "batch_size", "amp"}
+
+
+def run_sam_everything(
+    data_cfg: dict,
+    split: str,
+    part: int,
+    parts: int,
+    out: str | os.PathLike,
+    weights_dir: str | os.PathLike,
+    cfg: dict | None = None,
+    device: str = "auto",
+    sam: torch.nn.Module | None = None,
+    checkpoint_sha256: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write the SE maps of part ``part``/``parts`` of ``split`` into the store ``out``; returns ``out``.
+
+    ``sam`` + ``checkpoint_sha256`` inject a prebuilt model (tests).
+    """
+    from .sam.build import resolve_device
+
+    cfg = merge_cfg(cfg, SE_DEFAULTS, "sam", _SAM_SECTION_OTHER)
+    ev = resolve_everything_cfg(cfg["everything"])
+    ds, ids = open_part(data_cfg, split, part, parts)
+    if sam is None:
+        sam, checkpoint_sha256 = load_sam(cfg, weights_dir, str(resolve_device(device)))
+    identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, everything_settings(ev), ds.image_list_hash())
+    writer = PartWriter(out, identity, ids, part, parts)
+    todo = writer.todo()
+    if writer.resumed:
+        log.info("resuming %s: %d of %d images left", writer.tmp, len(todo), len(ids))
+    with tqdm(total=len(todo), desc=f"sam_everything {split} part {part}/{parts}", disable=not progress) as bar:
+        for batch in iter_images(ds, ids, todo, 1, cfg["num_workers"]):
+            for i, im, err in batch:
+                if err is not None:
+                    handle_corrupt(writer, i, err, cfg["skip_corrupt"])
+                else:
+                    writer.write_se(i, se_map(sam, im, ev))
+                bar.update(1)
+    return writer.finalize()
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s2c.sam_everything", description=__doc__.split("\n")[0])
+    add_part_args(p)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = run_sam_everything(
+        parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.part, a.parts, a.out, a.weights_dir,
+        parse_json_arg(a.cfg, "--cfg"), a.device,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
