@@ -10,8 +10,9 @@ Coordinates: points are (x, y) in ORIGINAL image pixels and go through SAM's own
 
 Batching: all prompts of an image share the embedding, so they are decoded together. SAM's
 decoder has no attention mask, so padding prompts to a common length with label −1 ("not a
-point") tokens is not a no-op: the extra tokens are attended to. Measured with MobileSAM on
-coco-mini, a 1-point prompt padded to 4 points kept only 93.5–100 % of its mask pixels. The
+point") tokens is not a no-op: the extra tokens are attended to. Measured with MobileSAM on 8
+coco-mini images (15 padded 1–3-point prompts), the padded mask's IoU with the unpadded one was
+median 0.975 but as low as 0.56. The
 default ``batching="group"`` therefore runs one decoder call per distinct point count (few per
 image) and reproduces single-prompt ``SamPredictor`` results exactly; ``batching="pad"`` makes a
 single call with −1 padding (faster, approximate).
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-MultimaskIndex = int | str  # 0, 1, 2 or "best"
+MultimaskIndex = int | str  # 0, 1, 2, "best" or "all"
 
 
 def sam_input_size(orig_size: Sequence[int], img_size: int = 1024) -> tuple[int, int]:
@@ -104,13 +105,18 @@ def prepare_points(
 
 
 def _select(low: torch.Tensor, iou: torch.Tensor, multimask_index: MultimaskIndex) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one of SAM's 3 multimask outputs per prompt: low (B,3,h,w), iou (B,3) → (B,h,w), (B,)."""
+    """Pick one of SAM's 3 multimask outputs per prompt: low (B,3,h,w), iou (B,3) → (B,h,w), (B,).
+
+    "all" keeps the three: (B,3,h,w), (B,3).
+    """
+    if multimask_index == "all":
+        return low, iou
     if multimask_index == "best":
         idx = iou.argmax(dim=1)
     elif multimask_index in (0, 1, 2):
         idx = torch.full((low.shape[0],), int(multimask_index), dtype=torch.long, device=low.device)
     else:
-        raise ValueError(f"multimask_index must be 0, 1, 2 or 'best', got {multimask_index!r}")
+        raise ValueError(f"multimask_index must be 0, 1, 2, 'best' or 'all', got {multimask_index!r}")
     rows = torch.arange(low.shape[0], device=low.device)
     return low[rows, idx], iou[rows, idx]
 
@@ -146,7 +152,7 @@ def decode_prompts(
       orig_size: (H, W) of the original image. input_size: (h, w) after SAM's resize
         (stored with the embedding; equals :func:`sam_input_size` of orig_size).
       multimask_index: which of SAM's 3 outputs to keep (reference CPM: 2, the largest), or
-        "best" for the highest predicted IoU.
+        "best" for the highest predicted IoU, or "all" to keep the three (adds a dim of 3 after B).
       return_lowres: skip upsampling and return SAM's (B, 256, 256) logits in the padded
         1024-frame; :func:`lowres_to_size` turns them into any output size later.
       batching: "group" (one call per distinct point count; exact, the default) or "pad"
@@ -156,6 +162,11 @@ def decode_prompts(
       logits float32 (B, H, W) at original size (threshold 0 = SAM's mask), or (B, 256, 256)
       with ``return_lowres``; iou_pred float32 (B,).
     """
+    # Validate before the (costly) decoder runs.
+    if multimask_index not in (0, 1, 2, "best", "all"):
+        raise ValueError(f"multimask_index must be 0, 1, 2, 'best' or 'all', got {multimask_index!r}")
+    if batching not in ("pad", "group"):
+        raise ValueError(f"batching must be 'pad' or 'group', got {batching!r}")
     dtype = next(sam.mask_decoder.parameters()).dtype
     emb = embedding.to(device=sam.device, dtype=dtype)
     if emb.ndim == 3:
@@ -165,15 +176,13 @@ def decode_prompts(
 
     if batching == "pad":
         low, iou = _decode(sam, emb, coords, labels)
-    elif batching == "group":
+    else:
         counts = (labels > 0).sum(dim=1)
         low = torch.empty(len(counts), 3, 4 * emb.shape[-2], 4 * emb.shape[-1], device=sam.device, dtype=dtype)
         iou = torch.empty(len(counts), 3, device=sam.device, dtype=dtype)
         for k in torch.unique(counts).tolist():
             rows = (counts == k).nonzero(as_tuple=True)[0]
             low[rows], iou[rows] = _decode(sam, emb, coords[rows, :k], labels[rows, :k])
-    else:
-        raise ValueError(f"batching must be 'pad' or 'group', got {batching!r}")
 
     low, iou = _select(low, iou, multimask_index)
     low, iou = low.float(), iou.float()
@@ -185,12 +194,14 @@ def decode_prompts(
 def lowres_to_size(
     low_res: torch.Tensor, input_size: Sequence[int], out_size: Sequence[int], img_size: int = 1024
 ) -> torch.Tensor:
-    """SAM low-res logits (B, 256, 256) → (B, *out_size), like ``Sam.postprocess_masks``.
+    """SAM low-res logits (..., 256, 256) → (..., *out_size), like ``Sam.postprocess_masks``.
 
     Upsample to the padded ``img_size`` frame, crop away the padding (``input_size``), resize to
     ``out_size`` — with out_size = the original (H, W) this is exactly SAM's own postprocessing.
     """
-    x = F.interpolate(low_res[:, None].float(), (img_size, img_size), mode="bilinear", align_corners=False)
+    lead = low_res.shape[:-2]
+    x = low_res.reshape(-1, 1, *low_res.shape[-2:]).float()
+    x = F.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=False)
     x = x[..., : int(input_size[0]), : int(input_size[1])]
     x = F.interpolate(x, (int(out_size[0]), int(out_size[1])), mode="bilinear", align_corners=False)
-    return x[:, 0]
+    return x.reshape(*lead, *x.shape[-2:])
