@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .data.transforms import normalize
 from .errors import S2CError, cli_main
 from .io import atomic_path, sha256_file
 
@@ -43,10 +44,6 @@ DEFAULTS: dict = {
     "scales": [0.5, 1.0, 1.5, 2.0],
     "flip": True,
 }
-
-# ImageNet statistics; used only when s2c.data.transforms.normalize is unavailable.
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 def merge_cfg(defaults: dict, cfg: dict | None, section: str) -> dict:
@@ -107,16 +104,6 @@ def load_classifier(path: str | Path, weights_dir: str | Path | None = None,
     return model.to(device).eval(), meta
 
 
-def _normalize(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) → float (3, H, W), with the project's normalisation."""
-    try:
-        from .data.transforms import normalize
-    except ImportError:  # data package not importable: fall back to the same ImageNet statistics
-        t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-        return (t - torch.tensor(_MEAN)[:, None, None]) / torch.tensor(_STD)[:, None, None]
-    return normalize(image)
-
-
 @torch.no_grad()
 def multiscale_cams(model: torch.nn.Module, image: np.ndarray, classes: Sequence[int],
                     scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0), flip: bool = True,
@@ -131,7 +118,7 @@ def multiscale_cams(model: torch.nn.Module, image: np.ndarray, classes: Sequence
     classes = torch.as_tensor(list(classes), dtype=torch.long)
     if classes.numel() == 0:
         return np.zeros((0, H, W), np.float32)
-    x = _normalize(image).unsqueeze(0).to(device)
+    x = normalize(image).unsqueeze(0).to(device)
     acc = torch.zeros((classes.numel(), H, W), device=device)
     for s in scales:
         size = (max(1, round(H * s)), max(1, round(W * s)))

@@ -39,7 +39,7 @@ from .infer_cam import CAMStore, merge_cfg, parse_json_arg
 from .io import atomic_path
 from .metrics import read_metrics
 from .refine import cams_to_label
-from .refine.crf import CRF_DEFAULTS, alpha_for_threshold, crf_label
+from .refine.crf import CRF_DEFAULTS, alpha_for_threshold, crf_label, require_densecrf
 from .refine.sam_post import SAM_DEFAULTS, sam_refine
 
 REFINEMENTS = ("none", "crf", "sam")
@@ -124,9 +124,7 @@ def make_pseudo_labels(cams: str | Path, data_cfg: dict, split: str, out: str | 
     if refine == "crf":
         if crf_kw["alpha"] is None:
             crf_kw["alpha"] = alpha_for_threshold(t)
-        from .refine.crf import _densecrf
-
-        _densecrf()  # fail before any work when the bindings are missing
+        require_densecrf()  # fail before any work when the bindings are missing
     ds = open_dataset(data_cfg, split)
     store = CAMStore(cams)
     store.check_covers(ds.ids, ds.class_names, split)

@@ -156,3 +156,15 @@ def test_dense_crf_marginals():
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
     with pytest.raises(S2CError, match="do not match"):
         dense_crf(img, probs[:, :5])
+
+
+def test_crf_without_bindings_raises_install_hint(monkeypatch):
+    import sys
+
+    from s2c.refine.crf import crf_label
+
+    # a None entry makes `import pydensecrf...` raise ImportError, as on a machine without it
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    with pytest.raises(S2CError, match="pip install pydensecrf2"):
+        crf_label(np.zeros((4, 4, 3), np.uint8), np.ones((1, 4, 4), np.float32), np.array([0]), 2.0)

@@ -31,7 +31,8 @@ CRF_DEFAULTS: dict = {
 }
 
 
-def _densecrf():
+def require_densecrf():
+    """The (densecrf module, unary_from_softmax); S2CError with the install hint when missing."""
     try:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
@@ -62,7 +63,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = 10, gauss_sxy: 
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 3 or probs.shape[1:] != (H, W):
         raise S2CError(f"crf: scores {probs.shape} do not match the image {image.shape}")
-    dcrf, unary_from_softmax = _densecrf()
+    dcrf, unary_from_softmax = require_densecrf()
     n = probs.shape[0]
     d = dcrf.DenseCRF2D(W, H, n)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
