@@ -39,7 +39,7 @@ def stage_times(bench_dir: Path) -> list[tuple[str, float]]:
 def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) -> str:
     lines = [f"{'metric':<24} {'mIoU %':>8}  {'extra'}", "-" * 48]
     for key, m in metrics.items():
-        extra = f"bg threshold {m['threshold']:.2f}" if "threshold" in m else ""
+        extra = f"bg threshold {m['threshold']:.2f}" if m.get("threshold") is not None else ""
         lines.append(f"{ROWS.get(key, key):<24} {m['miou']:>8.2f}  {extra}")
     if times:
         lines += ["", f"{'stage':<32} {'wall s':>8}", "-" * 41]
