@@ -15,6 +15,15 @@ from s2c.models import CAMClassifier, DeepLab, build_backbone, build_classifier,
 from s2c.models.classifier import EvalBatchNorm2d
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The CPU is shared: one intra-op thread avoids OpenMP spin-waiting against other processes.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("weights")

@@ -67,6 +67,15 @@ def mxnet_name(torch_key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The CPU is shared: one intra-op thread avoids OpenMP spin-waiting against other processes.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
