@@ -69,6 +69,14 @@ def sam_everything_cfg():
     return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "skip_corrupt", "everything")})
 
 
+def final_figures():
+    return [
+        f"{RESULTS}/figures/cams_{SPLITS['cam_eval']}.png",
+        f"{RESULTS}/figures/pseudo_panels.png",
+        f"{RESULTS}/figures/seg_panels.png",
+    ]
+
+
 def final_metrics():
     return [
         f"{RESULTS}/metrics/cam_train.json",

@@ -1,0 +1,60 @@
+# Figures for `snakemake --report`: CAM overlays, pseudo-label and prediction panels.
+
+
+rule figure_cams:
+    input:
+        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
+    output:
+        report(
+            f"{RESULTS}/figures/cams_{SPLITS['cam_eval']}.png",
+            caption="../report/cams.rst",
+            category="Figures",
+        ),
+    params:
+        data=DATA_CFG,
+        split=SPLITS["cam_eval"],
+        n=6,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/figure_cams.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figure_cams.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m s2c.figures cams --cams {input.cams} --data-cfg {params.data:q}"
+        " --split {params.split} --n {params.n} --out {output} > {log} 2>&1"
+
+
+rule figure_labels:
+    input:
+        pred=lambda wc: {
+            "pseudo": f"{RESULTS}/pseudo/{SPLITS['train']}",
+            "seg": f"{RESULTS}/seg/pred_{SPLITS['val']}",
+        }[wc.kind],
+    output:
+        report(
+            f"{RESULTS}/figures/{{kind}}_panels.png",
+            caption="../report/panels.rst",
+            category="Figures",
+        ),
+    wildcard_constraints:
+        kind="pseudo|seg",
+    params:
+        data=DATA_CFG,
+        split=lambda wc: SPLITS["cam_eval"] if wc.kind == "pseudo" else SPLITS["val"],
+        n=6,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/figure_labels.{{kind}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figure_labels.{{kind}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m s2c.figures labels --pred {input.pred} --title {wildcards.kind}"
+        " --data-cfg {params.data:q} --split {params.split} --n {params.n} --out {output} > {log} 2>&1"
