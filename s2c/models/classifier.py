@@ -11,7 +11,8 @@ pretrained         true         true (default ImageNet source, see s2c.models.ba
                                 false (random), or a path to a weights file
 output_stride      8            final feature stride
 freeze_bn          true         all backbone BatchNorms in eval mode, affine params frozen
-freeze_stem        true         backbone stem frozen (resnet38d: conv1a, b2, b2_1, b2_2)
+freeze_stem        true         no grads for the backbone stem (resnet38d: conv1a, b2, b2_1,
+                                b2_2; efficientnet_lite0: stem + block 0; resnets: conv1, bn1)
 feat_dim           256          D, channels of the feature map F
 =================  ===========  ============================================================
 """
@@ -35,6 +36,7 @@ CAM_DEFAULTS = {
     "freeze_stem": True,
     "feat_dim": 256,
 }
+
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
     """A BatchNorm2d that stays in eval mode: ``train()`` is a no-op. Produced by :func:`freeze_bn`
