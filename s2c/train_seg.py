@@ -123,9 +123,10 @@ def train_seg(data_cfg: dict, split: str, labels_dir: str | Path, out_dir: str |
     """
     cfg = resolve_cfg(cfg)
     out_dir = ensure_writable_dir(out_dir)
-    rank, world, _ = tu.ddp_init()
+    dev = tu.select_device(device)
+    rank, world, _ = tu.ddp_init("nccl" if dev.type == "cuda" else "gloo")
     try:
-        return _train(data_cfg, split, labels_dir, out_dir, cfg, weights_dir, device, on_epoch_end, rank, world)
+        return _train(data_cfg, split, labels_dir, out_dir, cfg, weights_dir, dev, on_epoch_end, rank, world)
     finally:
         tu.ddp_cleanup()
 
@@ -157,9 +158,8 @@ def _train_step(model, opt, scaler, img, lab, use_amp: bool) -> float:
     return value
 
 
-def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, device, on_epoch_end,
+def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: torch.device, on_epoch_end,
            rank: int, world: int) -> Path:
-    dev = tu.select_device(device)
     tu.seed_everything(cfg["seed"] + rank)
     ds = open_dataset(data_cfg, split)
     K = ds.num_classes + 1
@@ -185,8 +185,9 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, device,
         model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total = cfg["epochs"] * len(loader)
     main = tu.is_main()
+    # rows are labelled with steps completed, so the checkpoint covers rows up to `step` inclusive
     logger = tu.CSVLogger(out_dir / "log.csv", ["step", "epoch", "loss", "lr"],
-                          resume_step=step if state is not None else None) if main else None
+                          resume_step=step + 1 if state is not None else None) if main else None
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
