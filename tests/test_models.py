@@ -147,9 +147,8 @@ def test_cam_classifier_outputs():
 
 def test_freeze_bn_survives_train_and_blocks_grads():
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="cam.freeze_bn=true with cam.pretrained=false"):
-        m = build_classifier({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16,
-                              "freeze_bn": True, "freeze_stem": False, "feat_dim": 16}, 3)
+    m = build_classifier({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16,
+                          "freeze_bn": True, "freeze_stem": False, "feat_dim": 16}, 3)
     bns = [mod for mod in m.backbone.modules() if isinstance(mod, nn.BatchNorm2d)]
     assert bns and all(isinstance(bn, EvalBatchNorm2d) for bn in bns)
     m.train()
@@ -178,7 +177,6 @@ def test_without_freeze_bn_bn_trains():
     assert sum(len(g["params"]) for g in groups) == n_all
 
 
-@pytest.mark.filterwarnings("ignore:.*freezes untrained BatchNorm")
 def test_freeze_stem_and_param_groups():
     m = build_classifier({"backbone": "resnet50", "pretrained": False, "freeze_stem": True,
                           "freeze_bn": True, "lr": 0.02, "epochs": 6}, 4)
@@ -219,7 +217,6 @@ def test_deeplab_output_size(head, os_):
     assert all(p.grad is not None for p in groups[1]["params"])
 
 
-@pytest.mark.filterwarnings("ignore:.*freezes untrained BatchNorm")
 def test_deeplab_head_and_freeze_bn():
     m = build_deeplab({"backbone": "efficientnet_lite0", "pretrained": False, "freeze_bn": True, "head": "v3plus"}, 3)
     m.train()

@@ -176,7 +176,6 @@ def test_missing_resnet38d_weights(tmp_path):
         build_backbone("resnet38d", str(tmp_path / "res38.pth"), 8)
 
 
-@pytest.mark.filterwarnings("ignore:.*freezes untrained BatchNorm")
 def test_classifier_on_resnet38d_freezes_reference_stem(net, monkeypatch):
     monkeypatch.setattr(classifier_mod, "build_backbone", lambda *a, **k: net)
     m = build_classifier({"backbone": "resnet38d", "pretrained": False}, 20)  # defaults: frozen stem + BN

@@ -15,11 +15,14 @@ freeze_stem        true         no grads for the backbone stem (resnet38d: conv1
                                 b2_2; efficientnet_lite0: stem + block 0; resnets: conv1, bn1)
 feat_dim           256          D, channels of the feature map F
 =================  ===========  ============================================================
+
+``freeze_bn`` keeps the statistics the backbone has: with ``pretrained: false`` those are untrained
+(mean 0, var 1) and activations grow unnormalised with depth (a random ResNet-101 overflows to
+NaN). That is fine for building a model whose weights a checkpoint then replaces (inference,
+tests); to train a backbone from scratch set ``freeze_bn: false``.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -68,17 +71,6 @@ def freeze_modules(modules: list[nn.Module]) -> None:
     """Stop gradients of ``modules`` (their BN statistics are handled by :func:`freeze_bn`)."""
     for m in modules:
         m.requires_grad_(False)
-
-
-def warn_if_frozen_random_bn(cfg: dict, section: str) -> None:
-    """Frozen BN keeps the statistics it was built with; for a random backbone those are
-    (mean 0, var 1) and activations grow unnormalised through the depth (ResNet-101 overflows)."""
-    if cfg["freeze_bn"] and cfg["pretrained"] is False:
-        warnings.warn(
-            f"{section}.freeze_bn=true with {section}.pretrained=false freezes untrained BatchNorm "
-            "statistics; fine for tests, but set freeze_bn=false to train a backbone from scratch",
-            stacklevel=3,
-        )
 
 
 def cfg_get(cfg: dict, defaults: dict, section: str) -> dict:
@@ -162,7 +154,6 @@ def build_classifier(cam_cfg: dict, num_classes: int, weights_dir=None) -> CAMCl
     cfg = cfg_get(cam_cfg or {}, CAM_DEFAULTS, "cam")
     if num_classes < 1:
         raise S2CError(f"num_classes must be ≥ 1, got {num_classes}; check data.class_set")
-    warn_if_frozen_random_bn(cfg, "cam")
     backbone = build_backbone(cfg["backbone"], cfg["pretrained"], cfg["output_stride"], weights_dir)
     if cfg["freeze_stem"]:
         freeze_modules(backbone.stem_modules())

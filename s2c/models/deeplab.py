@@ -26,7 +26,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
 from ..errors import S2CError
 from .backbones import Backbone, build_backbone
-from .classifier import cfg_get, freeze_bn, warn_if_frozen_random_bn
+from .classifier import cfg_get, freeze_bn
 
 SEG_DEFAULTS = {
     "backbone": "resnet101",
@@ -114,7 +114,6 @@ def build_deeplab(seg_cfg: dict, num_classes_with_bg: int, weights_dir=None) -> 
     cfg = cfg_get(seg_cfg or {}, SEG_DEFAULTS, "seg")
     if num_classes_with_bg < 2:
         raise S2CError(f"num_classes_with_bg must be ≥ 2 (background + classes), got {num_classes_with_bg}")
-    warn_if_frozen_random_bn(cfg, "seg")
     backbone = build_backbone(cfg["backbone"], cfg["pretrained"], cfg["output_stride"], weights_dir)
     if cfg["freeze_bn"]:
         freeze_bn(backbone)
