@@ -32,6 +32,7 @@ from .data.seg_train import normalize_image
 from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
+from .refine.crf import dense_crf, require_densecrf
 from .train_seg import _json_arg, build_model, merge_cfg, resolve_cfg
 
 #: The eval_seg config section.
@@ -109,26 +110,10 @@ def _identity(x):
     return x  # keep numpy arrays and None as they are (DataLoader's default converts them)
 
 
-#: denseCRF settings for segmentation outputs: DeepLab's VOC values (kazuto1011/deeplab-pytorch).
+#: denseCRF (s2c.refine.crf.dense_crf) settings for segmentation probabilities: DeepLab's VOC
+#: values (as in kazuto1011/deeplab-pytorch), not the CAM-refinement ones.
 CRF_DEFAULTS: dict[str, float] = {"iters": 10, "gauss_sxy": 1.0, "gauss_compat": 3.0,
                                   "bilateral_sxy": 67.0, "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
-
-
-def crf_refine_probs(image: np.ndarray, probs: np.ndarray, iters: int = 10, gauss_sxy: float = 1.0,
-                     gauss_compat: float = 3.0, bilateral_sxy: float = 67.0, bilateral_srgb: float = 3.0,
-                     bilateral_compat: float = 4.0) -> np.ndarray:
-    """Fully connected CRF on class probabilities. image uint8 (H,W,3); probs float (K,H,W) summing
-    to 1 over K. Returns the mean-field marginals, float32 (K,H,W)."""
-    from .refine.crf import _densecrf  # one place for the import and its "pip install" message
-
-    dcrf, unary_from_softmax = _densecrf()
-    K, H, W = probs.shape
-    d = dcrf.DenseCRF2D(W, H, K)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.asarray(probs, np.float32))))
-    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat,
-                           rgbim=np.array(image, dtype=np.uint8, order="C"))  # writable copy for the binding
-    return np.asarray(d.inference(int(iters)), dtype=np.float32).reshape(K, H, W)
 
 
 def _crf_settings(crf_cfg: Any) -> dict | None:
@@ -169,9 +154,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
                        f"but data.class_set is {ds.class_set!r}; use the matching model or data config")
     crf = _crf_settings(cfg["crf"])
     if crf is not None:
-        from .refine.crf import _densecrf
-
-        _densecrf()  # fail before the first image when the CRF package is missing
+        require_densecrf()  # fail before the first image when the CRF package is missing
     cm = np.zeros((K, K), np.int64)
     n_scored = 0
     loader = DataLoader(_EvalImages(ds), batch_size=None, num_workers=cfg["num_workers"], collate_fn=_identity)
@@ -184,7 +167,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
                 probs = predict_probs(model, normalize_image(image).to(dev), scales, cfg["flip"])
             probs = probs.cpu().numpy()
             if crf is not None:
-                probs = crf_refine_probs(image, probs, **crf)
+                probs = dense_crf(image, probs, **crf)
             pred = probs.argmax(0).astype(np.uint8)
             if png_dir is not None:
                 save_palette_png(png_dir / f"{iid}.png", pred)

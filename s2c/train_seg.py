@@ -79,9 +79,13 @@ def resolve_cfg(cfg: dict | None) -> dict:
     for k in ("epochs", "batch_size", "crop_size", "log_every"):
         if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
             raise S2CError(f"config key seg.{k} must be a positive integer, got {out[k]!r}")
-    if len(out["scale_range"]) != 2:
+    if not isinstance(out["scale_range"], (list, tuple)) or len(out["scale_range"]) != 2:
         raise S2CError(f"config key seg.scale_range must be [lo, hi], got {out['scale_range']!r}")
-    return out
+    if out["jitter"] is not None and (not isinstance(out["jitter"], (list, tuple)) or not 1 <= len(out["jitter"]) <= 4):
+        raise S2CError(f"config key seg.jitter must be null or [brightness, contrast, saturation, hue], "
+                       f"got {out['jitter']!r}")
+    # plain JSON data: a tuple and a list compare equal on resume, and model.pt stays loadable anywhere
+    return json.loads(json.dumps(out))
 
 
 def build_model(cfg: dict, num_classes_with_bg: int, weights_dir: str | Path | None) -> torch.nn.Module:

@@ -12,9 +12,10 @@ from torch import nn
 
 from s2c.data import open_dataset
 from s2c.errors import S2CError
-from s2c.eval_seg import crf_refine_probs, eval_seg, load_seg_model, main, predict_probs
+from s2c.eval_seg import CRF_DEFAULTS, eval_seg, load_seg_model, main, predict_probs
 from s2c.io import read_label_png
 from s2c.metrics import confusion_matrix, miou_from_confusion
+from s2c.refine.crf import dense_crf
 from s2c.train_seg import build_model, resolve_cfg
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "head": "v3plus"}
@@ -110,7 +111,7 @@ def test_crf_refinement(setup, tmp_path):
     truth = np.zeros((20, 30), np.int64)
     truth[:, 15:] = 1
     assert (probs.argmax(0) != truth).sum() > 30  # the unaries alone are noisy
-    q = crf_refine_probs(image, probs)
+    q = dense_crf(image, probs, **CRF_DEFAULTS)  # eval_seg's settings
     assert q.shape == (2, 20, 30)
     # the bilateral kernel cleans them into the two colour regions
     assert (q.argmax(0) == truth).all()

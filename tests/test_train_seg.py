@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -131,9 +132,13 @@ def test_missing_pseudo_label_names_the_file(voc, tmp_path):
         train_seg(data_cfg, "train", tmp_path, tmp_path / "out", TINY, device="cpu")
 
 
-def test_cli_reports_missing_label_dir_in_one_line(voc, tmp_path, capsys):
-    data_cfg, _ = voc
-    import json
+def test_cli(voc, tmp_path, capsys):
+    data_cfg, labels = voc
+    cfg = {**TINY, "epochs": 1, "jitter": [0.3, 0.3, 0.3, 0.05]}
+    assert main(["--data-cfg", json.dumps(data_cfg), "--split", "train", "--labels", str(labels),
+                 "--out", str(tmp_path / "out"), "--cfg", json.dumps(cfg), "--device", "cpu"]) == 0
+    assert "train_seg: wrote" in capsys.readouterr().out
+    assert torch.load(tmp_path / "out" / "model.pt", weights_only=False)["seg_cfg"]["jitter"] == cfg["jitter"]
 
     with pytest.raises(SystemExit) as e:
         main(["--data-cfg", json.dumps(data_cfg), "--split", "train", "--labels", str(tmp_path / "nope"),
