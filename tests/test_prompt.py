@@ -76,45 +76,43 @@ def test_encode_images_batches_mixed_sizes(tiny_sam, encoded):
     assert torch.allclose(batch[1], encode_image(tiny_sam, other)[0], atol=1e-5)
 
 
-SAME_K = [POINTS[0], POINTS[2], np.array([[33.0, 44.0]])]  # all one point: no padding needed
-
-
 @pytest.fixture(scope="module")
 def decoded(encoded, tiny_sam):
     """Shared decoder outputs (each decoder call costs ~0.3-1 s on a busy CPU)."""
     img, emb, input_size, pred = encoded
     args = (img.shape[:2], input_size)
     return {
-        "all": decode_prompts(tiny_sam, emb, POINTS, *args, "all"),
-        "same_k": decode_prompts(tiny_sam, emb, SAME_K, *args, "all"),
+        "pad": decode_prompts(tiny_sam, emb, POINTS, *args, "all", batching="pad"),
+        "group": decode_prompts(tiny_sam, emb, POINTS, *args, "all", batching="group"),
         "predictor": [pred.predict(p, np.ones(len(p)), multimask_output=True, return_logits=True) for p in POINTS],
     }
 
 
-def test_grouped_batch_equals_single_predictor_calls(decoded):
-    logits, iou = decoded["all"]
+@pytest.mark.parametrize("batching", ["pad", "group"])
+def test_batched_prompts_equal_single_predictor_calls(decoded, batching):
+    # Mixed point counts (1, 3, 1, 2): "pad" pads to 3 with masked −1 tokens, "group" makes 3 calls.
+    logits, iou = decoded[batching]
     assert logits.shape == (len(POINTS), 3, 90, 150) and iou.shape == (len(POINTS), 3)
     for b, (masks, scores, _) in enumerate(decoded["predictor"]):
         np.testing.assert_allclose(logits[b].numpy(), masks, atol=1e-4)
         np.testing.assert_allclose(iou[b].numpy(), scores, atol=1e-5)
 
 
-def test_padded_batch_is_exact_only_without_extra_padding(encoded, decoded, tiny_sam):
-    img, emb, input_size, _ = encoded
-    pad = decode_prompts(tiny_sam, emb, SAME_K, img.shape[:2], input_size, "all", batching="pad")
-    assert torch.allclose(pad[0], decoded["same_k"][0], atol=1e-4)
-    assert torch.allclose(pad[1], decoded["same_k"][1], atol=1e-5)
-    # Mixed counts: the longest prompt gets no extra padding and stays exact; a shorter one gets
-    # extra −1 tokens, which the decoder attends to, so its logits move (why "group" is default).
-    mixed, _ = decode_prompts(tiny_sam, emb, POINTS, img.shape[:2], input_size, "all", batching="pad")
-    exact = decoded["all"][0]
-    assert torch.allclose(mixed[1], exact[1], atol=1e-4)
-    assert not torch.allclose(mixed[0], exact[0], atol=1e-2)
+def test_unmasked_padding_would_change_results(encoded, decoded, tiny_sam):
+    """Why the masking exists: SAM's own decoder attends to extra −1 tokens."""
+    from s2c.sam.prompt import _decode, prepare_points
+
+    img, emb, _, _ = encoded
+    coords, labels = prepare_points(POINTS, img.shape[:2])
+    low, _ = _decode(tiny_sam, emb[None], coords, labels)  # (B, 3, 256, 256), SAM's modules as-is
+    exact_low, _ = decode_prompts(tiny_sam, emb, POINTS, img.shape[:2], (614, 1024), "all", return_lowres=True)
+    assert torch.allclose(low[1], exact_low[1], atol=1e-4)  # the longest prompt has no extra padding
+    assert not torch.allclose(low[0], exact_low[0], atol=1e-2)  # a 1-point prompt padded to 3
 
 
 def test_best_index_picks_highest_predicted_iou(encoded, decoded, tiny_sam):
     img, emb, input_size, _ = encoded
-    all_logits, all_iou = decoded["all"]
+    all_logits, all_iou = decoded["pad"]
     logits, iou = decode_prompts(tiny_sam, emb, POINTS, img.shape[:2], input_size, "best")
     assert torch.equal(iou, all_iou.max(1).values)
     for b, k in enumerate(all_iou.argmax(1).tolist()):
@@ -125,15 +123,15 @@ def test_index_two_lowres_then_upsample_equals_full_output(encoded, decoded, tin
     img, emb, input_size, _ = encoded
     low, iou = decode_prompts(tiny_sam, emb, POINTS, img.shape[:2], input_size, 2, return_lowres=True)
     assert low.shape == (len(POINTS), 256, 256)
-    assert torch.equal(iou, decoded["all"][1][:, 2])
-    assert torch.allclose(lowres_to_size(low, input_size, img.shape[:2]), decoded["all"][0][:, 2], atol=1e-5)
+    assert torch.equal(iou, decoded["pad"][1][:, 2])
+    assert torch.allclose(lowres_to_size(low, input_size, img.shape[:2]), decoded["pad"][0][:, 2], atol=1e-5)
     assert lowres_to_size(low, input_size, (45, 75)).shape == (len(POINTS), 45, 75)
 
 
 def test_float16_cached_embedding_is_accepted(encoded, decoded, tiny_sam):
     img, emb, input_size, _ = encoded
-    half, _ = decode_prompts(tiny_sam, emb.half(), SAME_K, img.shape[:2], input_size, "all")
-    ref = decoded["same_k"][0]
+    half, _ = decode_prompts(tiny_sam, emb.half(), POINTS, img.shape[:2], input_size, "all")
+    ref = decoded["pad"][0]
     assert half.dtype == torch.float32
     assert ((half > 0) == (ref > 0)).float().mean() > 0.99
     assert (half - ref).abs().max() < 0.05 * ref.abs().max()

@@ -8,14 +8,15 @@ Coordinates: points are (x, y) in ORIGINAL image pixels and go through SAM's own
 ``ResizeLongestSide.apply_coords`` exactly as ``SamPredictor`` does, so an integer pixel index
 (e.g. from ``peak_local_max``) means the same thing here as in the reference code.
 
-Batching: all prompts of an image share the embedding, so they are decoded together. SAM's
-decoder has no attention mask, so padding prompts to a common length with label −1 ("not a
-point") tokens is not a no-op: the extra tokens are attended to. Measured with MobileSAM on 8
-coco-mini images (15 padded 1–3-point prompts), the padded mask's IoU with the unpadded one was
-median 0.975 but as low as 0.56. The
-default ``batching="group"`` therefore runs one decoder call per distinct point count (few per
-image) and reproduces single-prompt ``SamPredictor`` results exactly; ``batching="pad"`` makes a
-single call with −1 padding (faster, approximate).
+Batching: all prompts of an image share the embedding, so they are decoded in one call, padded to
+a common length with label −1 ("not a point") tokens. SAM's own decoder has no attention mask, so
+such padding is not a no-op there: the extra tokens are attended to (measured with MobileSAM on 8
+coco-mini images, the padded mask's IoU with the unpadded one was median 0.975 but as low as
+0.56). :func:`decode_prompts` therefore runs SAM's decoder weights through a re-statement of its
+two-way transformer (:func:`_two_way_masked`) that masks the extra padding tokens out as attention
+keys, which reproduces single-prompt ``SamPredictor`` results exactly in one call.
+``batching="group"`` instead calls SAM's unmodified modules once per distinct point count (also
+exact, slower on GPU) and serves as the reference path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
 MultimaskIndex = int | str  # 0, 1, 2, "best" or "all"
@@ -133,6 +135,69 @@ def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Ten
     )
 
 
+def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SAM's ``Attention.forward`` with an optional key mask (B, N_k) bool, True = attend."""
+    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
+    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
+    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # default scale = 1/sqrt(c_head), as SAM
+    return attn.out_proj(attn._recombine_heads(out))
+
+
+def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
+                    tokens: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayTransformer.forward`` where masked tokens are never attended to.
+
+    image (B,C,h,w), image_pe (B,C,h,w), tokens (B,N,C), key_mask (B,N) → tokens (B,N,C),
+    image (B,h*w,C). Masked tokens still get outputs, but nothing reads them, so every prompt is
+    computed exactly as if it had been decoded alone.
+    """
+    keys = image.flatten(2).permute(0, 2, 1)
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    queries, query_pe = tokens, tokens
+    for layer in tf.layers:
+        if layer.skip_first_layer_pe:  # SAM's first layer: no PE and no residual
+            queries = _attend(layer.self_attn, queries, queries, queries, key_mask)
+        else:
+            q = queries + query_pe
+            queries = queries + _attend(layer.self_attn, q, q, queries, key_mask)
+        queries = layer.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, q, queries, key_mask))
+    q, k = queries + query_pe, keys + key_pe
+    queries = tf.norm_final_attn(queries + _attend(tf.final_attn_token_to_image, q, k, keys))
+    return queries, keys
+
+
+def _decode_masked(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded prompts in one call, padding masked: emb (1,256,64,64), coords (B,K,2) → (B,3,256,256), (B,3).
+
+    Mirrors ``MaskDecoder.predict_masks`` (multimask outputs) with the masked transformer.
+    """
+    dec = sam.mask_decoder
+    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # sparse (B, K+1, C)
+    b = sparse.shape[0]
+    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
+    # Keep output tokens, real points and SAM's own trailing "not a point" token; drop our padding.
+    key_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    key_mask[:, len(out_tokens): len(out_tokens) + labels.shape[1]] = labels >= 0
+    src = emb.expand(b, -1, -1, -1) + dense
+    pos = sam.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+    hs, src = _two_way_masked(dec.transformer, src, pos, tokens, key_mask)
+    _, c, h, w = emb.shape
+    up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])
+    iou = dec.iou_prediction_head(hs[:, 0])
+    return masks[:, 1:], iou[:, 1:]  # SAM's multimask outputs (index 0 is the single-mask output)
+
+
 @torch.no_grad()
 def decode_prompts(
     sam: Sam,
@@ -142,7 +207,7 @@ def decode_prompts(
     input_size: Sequence[int],
     multimask_index: MultimaskIndex = 2,
     return_lowres: bool = False,
-    batching: str = "group",
+    batching: str = "pad",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks for B all-positive multi-point prompts on one cached image embedding.
 
@@ -155,8 +220,8 @@ def decode_prompts(
         "best" for the highest predicted IoU, or "all" to keep the three (adds a dim of 3 after B).
       return_lowres: skip upsampling and return SAM's (B, 256, 256) logits in the padded
         1024-frame; :func:`lowres_to_size` turns them into any output size later.
-      batching: "group" (one call per distinct point count; exact, the default) or "pad"
-        (one call, label −1 padding; approximate, see the module docstring).
+      batching: "pad" (one call, −1 padding masked out; the default) or "group" (SAM's own
+        modules, one call per distinct point count). Both match single-prompt calls exactly.
 
     Returns:
       logits float32 (B, H, W) at original size (threshold 0 = SAM's mask), or (B, 256, 256)
@@ -175,7 +240,7 @@ def decode_prompts(
     coords = coords.to(dtype)
 
     if batching == "pad":
-        low, iou = _decode(sam, emb, coords, labels)
+        low, iou = _decode_masked(sam, emb, coords, labels)
     else:
         counts = (labels > 0).sum(dim=1)
         low = torch.empty(len(counts), 3, 4 * emb.shape[-2], 4 * emb.shape[-1], device=sam.device, dtype=dtype)
