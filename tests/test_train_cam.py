@@ -253,6 +253,17 @@ def test_every_ablation_changes_the_loss(caches, fake_sam, ablation):
         assert b["loss_ssc"] == a["loss_ssc"] and b["loss_cpm"] != a["loss_cpm"], (a, b)
 
 
+def test_ssc_size_switch(caches):
+    cfg = tc.resolve_cfg({"augment": SMALL_AUG, "cpm": {"enabled": False}})
+    batch = _loss_batch(caches, cfg)
+    model = tiny_model()
+    a = tc.compute_losses(model, batch, cfg, None, False)
+    b = tc.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 32}}, None, False)
+    c = tc.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 64}}, None, False)  # = the crop
+    assert a["loss_cls"] == b["loss_cls"] and a["loss_ssc"] != b["loss_ssc"] and a["loss_ssc"] == c["loss_ssc"]
+    assert abs(a["loss_ssc"].item() - b["loss_ssc"].item()) < 0.2 * a["loss_ssc"].item()
+
+
 def test_multiscale_prompt_cam_is_used(caches, fake_sam):
     cfg = tc.resolve_cfg({"augment": SMALL_AUG, "cpm": {"min_distance": 3, "threshold": 0.3}})
     batch = _loss_batch(caches, cfg)

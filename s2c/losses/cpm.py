@@ -85,15 +85,20 @@ def find_peaks(cam: torch.Tensor, labels: torch.Tensor, min_distance: int = 20, 
     g_y, g_x = gidx[bi, ci] // W, gidx[bi, ci] % W
     ys, xs, groups, scores = [g_y], [g_x], [bi * C + ci], [torch.full_like(g_y, 3.0, dtype=cam.dtype)]
 
-    if not single_peak:
-        filt = F.max_pool2d(cam, 3, 1, 1)
+    if not single_peak and len(bi):
+        # only present classes, and the (2d+1)² max-filter as two 1-D passes: a 41×41 window on
+        # every class map of a 256² batch otherwise costs more than the whole training step
+        sub = cam[bi, ci][:, None]  # (P, 1, H, W)
+        filt = F.max_pool2d(sub, 3, 1, 1)
         k = 2 * min_distance + 1
-        is_max = (filt == F.max_pool2d(filt, k, 1, min_distance)) & (cam > threshold) & present[:, :, None, None]
+        win = F.max_pool2d(F.max_pool2d(filt, (k, 1), 1, (min_distance, 0)), (1, k), 1, (0, min_distance))
+        is_max = (filt == win) & (sub > threshold)
         if exclude_border and min_distance > 0:
             border = torch.ones(H, W, dtype=torch.bool, device=cam.device)
             border[min_distance:H - min_distance, min_distance:W - min_distance] = False
             is_max &= ~border
-        lb, lc, ly, lx = is_max.nonzero(as_tuple=True)
+        pi, _, ly, lx = is_max.nonzero(as_tuple=True)
+        lb, lc = bi[pi], ci[pi]
         # score by the unfiltered CAM so the true maximum of a 3×3 plateau wins the NMS below
         ys.append(ly), xs.append(lx), groups.append(lb * C + lc), scores.append(cam[lb, lc, ly, lx])
 
