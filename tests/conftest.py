@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# The test machine's few cores are shared; more threads only add contention.
-torch.set_num_threads(2)
+# One intra-op thread: the 2-core CI machine also runs subprocesses (Snakemake, stage CLIs), and
+# OpenMP threads spin-waiting against them made the suite several times slower.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
