@@ -22,15 +22,6 @@ TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 
 PAPER_TTA = {"scales": [0.5, 0.75, 1.0, 1.25, 1.5], "flip": True, "num_workers": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a loaded 2-core box, two OpenMP threads spin against each other (~5x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save_model(path, class_set="voc20", K=21, seed=0):
     """A model.pt as train_seg writes it, with random (seeded) weights."""
     torch.manual_seed(seed)

@@ -25,15 +25,6 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a loaded 2-core box, two OpenMP threads spin against each other (~5x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def voc(synthetic_voc, tmp_path_factory):
     """(data_cfg, labels_dir): train-split GT masks written as <id>.png pseudo-labels."""
