@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=3)
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--points-per-batch", type=int, default=64, help="stock generator's batch (its default)")
-    p.add_argument("--fast-batch", type=int, default=None, help="fast generator's batch (default: same)")
+    p.add_argument("--fast-batch", type=int, default=256, help="fast generator's prompt batch")
+    p.add_argument("--stability-margin", type=float, default=None, help="fast generator's low-res pre-filter margin")
     p.add_argument("--skip-covered", action="store_true", help="also time the approximate skip_covered mode")
     p.add_argument("--embed-batch", type=int, default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -78,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     sam = build_sam("vit_t", ckpt, dev)
     images = [read_image(f) for f in files]
     cfg = resolve_everything_cfg({"points_per_side": a.points_per_side, "points_per_batch": a.points_per_batch})
-    fast_cfg = {**cfg, "impl": "fast", "points_per_batch": a.fast_batch or a.points_per_batch}
+    fast_cfg = {**cfg, "impl": "fast", "fast_points_per_batch": a.fast_batch}
+    if a.stability_margin is not None:
+        fast_cfg["stability_margin"] = a.stability_margin
     print(f"device={dev} torch_threads={torch.get_num_threads()} n_images={len(images)} "
           f"sizes={[im.shape[:2] for im in images]}")
     print(f"settings: points_per_side={cfg['points_per_side']} pred_iou_thresh={cfg['pred_iou_thresh']} "
           f"stability_score_thresh={cfg['stability_score_thresh']} box_nms_thresh={cfg['box_nms_thresh']} "
-          f"overlap={cfg['overlap']} stock_batch={cfg['points_per_batch']} fast_batch={fast_cfg['points_per_batch']}")
+          f"overlap={cfg['overlap']} stock_batch={cfg['points_per_batch']} fast_batch={fast_cfg['fast_points_per_batch']} "
+          f"stability_margin={fast_cfg['stability_margin']}")
 
     # warm-up (kernels, allocator) on a small crop so the first timed image is not penalised
     with torch.no_grad():

@@ -127,7 +127,7 @@ def test_fast_equals_stock_on_tiny_sam(scene):
     cfg = {"points_per_side": 6, "points_per_batch": 7, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.7,
            "stability_score_offset": 0.1, "box_nms_thresh": 0.95, "stability_margin": 1.0}
     s = stock_masks(sam, scene, cfg)
-    f = fast_masks(sam, scene, {**cfg, "points_per_batch": 16})
+    f = fast_masks(sam, scene, {**cfg, "fast_points_per_batch": 16})
     assert len(s["masks"]) > 0, "test setting produced no masks; it would not compare anything"
     assert len(f["masks"]) == len(s["masks"])
     np.testing.assert_array_equal(f["masks"].numpy(), s["masks"])
@@ -139,13 +139,68 @@ def test_fast_equals_stock_on_tiny_sam(scene):
         assert a.shape == scene.shape[:2] and se_agreement(a, b) == 1.0
 
 
-def test_skip_covered_decodes_fewer_points(scene):
-    sam = tiny_sam()
-    cfg = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.7, "stability_score_offset": 0.1}
-    full = fast_masks(sam, scene, cfg)
-    skip = fast_masks(sam, scene, {**cfg, "skip_covered": True})
+class QuadrantSam(torch.nn.Module):
+    """A stand-in SAM whose every point prompt returns: its image quadrant (finest output), its half,
+    the whole image — all with confident logits (±10) and predicted IoU 0.99."""
+
+    mask_threshold = 0.0
+    postprocess_masks = Sam.postprocess_masks
+
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = torch.nn.Module()
+        self.image_encoder.img_size = 1024
+        self.prompt_encoder = self
+        self.mask_decoder = self.decode
+        self.calls = 0
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, points, boxes, masks):  # the prompt encoder: pass coordinates through
+        return points[0].float(), None
+
+    def get_dense_pe(self):
+        return None
+
+    def decode(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+        xy = sparse_prompt_embeddings[:, 0] / 4  # input px → low-res px
+        yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        right = (xy[:, 0] >= 128)[:, None, None]
+        bottom = (xy[:, 1] >= 128)[:, None, None]
+        half = (xx >= 128)[None] == right
+        quad = half & ((yy >= 128)[None] == bottom)
+        whole = torch.ones_like(quad)
+        masks = torch.stack([quad, half, whole], 1).float() * 20 - 10
+        return masks, torch.full(masks.shape[:2], 0.99)
+
+
+def test_skip_covered_skips_points_inside_accepted_fine_masks():
+    sam = QuadrantSam()
+    image = np.zeros((256, 256, 3), np.uint8)
+    emb = torch.zeros(256, 64, 64)
+    cfg = {"points_per_side": 8}
+    full = fast_masks(sam, image, cfg, embedding=emb)
+    skip = fast_masks(sam, image, {**cfg, "skip_covered": True}, embedding=emb)
     assert full["n_decoded"] == 64
-    assert skip["n_decoded"] < 64 and len(skip["masks"]) > 0
+    # level 0 (every 4th point) has one point per quadrant; its accepted quadrant mask covers the rest
+    assert skip["n_decoded"] == 4
+    assert len(full["masks"]) == len(skip["masks"]) == 7  # 4 quadrants, 2 halves, the whole image
+    a = merge_masks(full["masks"], full["areas"], full["iou_preds"])
+    b = merge_masks(skip["masks"], skip["areas"], skip["iou_preds"])
+    assert a.max() == 4 and se_agreement(a, b) == 1.0
+    # when the finest outputs are rejected (unstable), nothing is skipped
+    sam_unstable = QuadrantSam()
+    orig = sam_unstable.decode
+
+    def fuzzy_quadrants(**kw):
+        m, iou = orig(**kw)
+        m[:, 0] = m[:, 0].clamp(-0.5, 0.5)  # stability of the quadrant mask → 0
+        return m, iou
+
+    sam_unstable.mask_decoder = fuzzy_quadrants
+    assert fast_masks(sam_unstable, image, {**cfg, "skip_covered": True}, embedding=emb)["n_decoded"] == 64
 
 
 @pytest.mark.slow
