@@ -14,9 +14,10 @@ such padding is not a no-op there: the extra tokens are attended to (measured wi
 coco-mini images, the padded mask's IoU with the unpadded one was median 0.975 but as low as
 0.56). :func:`decode_prompts` therefore runs SAM's decoder weights through a re-statement of its
 two-way transformer (:func:`_two_way_masked`) that masks the extra padding tokens out as attention
-keys, which reproduces single-prompt ``SamPredictor`` results exactly in one call.
-``batching="group"`` instead calls SAM's unmodified modules once per distinct point count (also
-exact, slower on GPU) and serves as the reference path.
+keys, which reproduces single-prompt ``SamPredictor`` results (to float precision) in one call.
+``batching="group"`` instead calls SAM's unmodified modules once per distinct point count: equally
+exact, the reference path, but slower on GPU (H100, MobileSAM, 20 prompts of 1–5 points:
+10 ms padded vs 40 ms grouped).
 """
 
 from __future__ import annotations
