@@ -6,6 +6,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE
+
 # Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
 # `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -50,14 +52,14 @@ def sam_checkpoint():
             f"config sam.checkpoint is empty but sam.model_type={SAM['model_type']!r} needs the "
             "official checkpoint: download it (see README, 'SAM weights') and set sam.checkpoint"
         )
-    return f"{WEIGHTS}/mobile_sam.pt"
+    return f"{WEIGHTS}/{MOBILE_SAM_FILE}"
 
 
 def backbone_weights(section):
     """Provisioned ImageNet weights a backbone needs (empty when none are fetched by us)."""
     cfg = config[section]
     if cfg["backbone"] == "efficientnet_lite0" and cfg["pretrained"] is True:
-        return [f"{WEIGHTS}/efficientnet_lite0.pth"]
+        return [f"{WEIGHTS}/{EFFNET_LITE0_FILE}"]
     return []
 
 

@@ -29,7 +29,7 @@ if config["synthetic"]["enabled"]:
 
 rule fetch_mobile_sam:
     output:
-        f"{WEIGHTS}/mobile_sam.pt",
+        f"{WEIGHTS}/{MOBILE_SAM_FILE}",
     params:
         weights=lambda wc, output: os.path.dirname(output[0]),
     conda:
@@ -47,7 +47,7 @@ rule fetch_mobile_sam:
 
 rule fetch_efficientnet_lite0:
     output:
-        f"{WEIGHTS}/efficientnet_lite0.pth",
+        f"{WEIGHTS}/{EFFNET_LITE0_FILE}",
     params:
         weights=lambda wc, output: os.path.dirname(output[0]),
     conda:
