@@ -6,6 +6,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from s2c.config import resolve_sections
+from s2c.errors import S2CError
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE
 
 # Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
@@ -27,6 +29,12 @@ def as_json(obj):
 
 
 DATA_CFG = as_json(config["data"])
+
+# Stage sections over their modules' defaults: unknown keys fail here, before any job starts.
+try:
+    STAGE = resolve_sections(config)
+except S2CError as e:
+    raise WorkflowError(f"config error: {e}") from None
 
 if not config["synthetic"]["enabled"] and not Path(config["data"]["root"]).is_dir():
     raise WorkflowError(
@@ -57,7 +65,7 @@ def sam_checkpoint():
 
 def backbone_weights(section):
     """Provisioned ImageNet weights a backbone needs (empty when none are fetched by us)."""
-    cfg = config[section]
+    cfg = STAGE[section]
     if cfg["backbone"] == "efficientnet_lite0" and cfg["pretrained"] is True:
         return [f"{WEIGHTS}/{EFFNET_LITE0_FILE}"]
     return []
@@ -89,7 +97,7 @@ def final_metrics():
 
 def train_cam_cache(kind):
     """Cache manifests the trainer streams; the L_CLS-only baseline and online SAM need none."""
-    cam = config["cam"]
+    cam = STAGE["cam"]
     needs_se = cam["ssc"]["enabled"]
     needs_embed = cam["cpm"]["enabled"] and cam["sam_mode"] == "cached"
     if (kind == "se" and needs_se) or (kind == "embed" and needs_embed):
@@ -98,6 +106,6 @@ def train_cam_cache(kind):
 
 
 def pseudo_se_manifest():
-    if config["pseudo"]["refine"] == "sam":
+    if STAGE["pseudo"]["refine"] == "sam":
         return [f"{CACHE}/{SPLITS['train']}/se.json"]
     return []

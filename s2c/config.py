@@ -1,0 +1,38 @@
+"""Check every config section against the defaults of the stage that owns it, at DAG-build time.
+
+The JSON schema (``workflow/schemas/config.schema.yaml``) validates the workflow-level keys; the
+hyperparameter sections are owned by their stage modules, whose default dicts are the one place
+defining those keys. :func:`resolve_sections` runs each stage's own resolver so that a typo such as
+``cam.lrr`` fails before any job starts, with the stage's message naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .errors import S2CError
+
+
+def _resolvers() -> dict[str, Callable[[dict], dict]]:
+    # Imported lazily: the stage modules pull in torch, which only the workflow parse needs here.
+    from . import eval_cam, eval_seg, infer_cam, pseudo_labels, train_cam, train_seg
+
+    return {
+        "cam": train_cam.resolve_cfg,
+        "infer_cam": lambda c: infer_cam.merge_cfg(infer_cam.DEFAULTS, c, "infer_cam"),
+        "eval_cam": lambda c: infer_cam.merge_cfg(eval_cam.DEFAULTS, c, "eval_cam"),
+        "pseudo": pseudo_labels.resolve_cfg,
+        "seg": train_seg.resolve_cfg,
+        "eval_seg": lambda c: train_seg.merge_cfg(c, eval_seg.DEFAULTS, "eval_seg"),
+    }
+
+
+def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
+    """Each stage section merged over its module defaults (ablations applied). Raises S2CError."""
+    out = {}
+    for section, resolve in _resolvers().items():
+        cfg = config.get(section) or {}
+        if not isinstance(cfg, dict):
+            raise S2CError(f"config section {section!r} must be a mapping, got {type(cfg).__name__}")
+        out[section] = resolve(cfg)
+    return out
