@@ -433,4 +433,5 @@ def test_cached_and_online_agree_on_coco_mini(coco_mini_root, tmp_path):
                 continue
             a, o = cached == c, online == c
             ious.append(((a & o).sum() / (a | o).sum()).item())
+    print(f"cached vs online class-mask IoU: mean {np.mean(ious):.3f} min {np.min(ious):.3f} over {len(ious)} masks")
     assert ious and np.mean(ious) >= 0.9, ious
