@@ -76,6 +76,10 @@ def _bad_config(tmp_path, mutate):
     (lambda c: c["sam"].update(model_type="vit_x"), "vit_x"),
     (lambda c: c["data"].update(kind="cityscapes"), "cityscapes"),
     (lambda c: c["sam"]["everything"].update(overlap="largest"), "largest"),
+    (lambda c: c["cam"].update(lrr=0.1), "cam.lrr"),
+    (lambda c: c["cam"].setdefault("cpm", {}).update(taux=0.1), "cam.cpm.taux"),
+    (lambda c: c["seg"].update(epoch=3), "epoch"),
+    (lambda c: c["cam"].update(ablation="no_such_row"), "no_such_row"),
     (lambda c: (c["synthetic"].update(enabled=False), c["data"].update(root="/nonexistent/VOC")), "data.root"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, mutate, needle):
