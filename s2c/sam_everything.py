@@ -12,7 +12,8 @@ Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``s
 ``impl`` (fast | stock), ``points_per_side`` (32), ``points_per_batch`` (64), ``pred_iou_thresh``
 (0.88), ``stability_score_thresh`` (0.95), ``stability_score_offset`` (1.0), ``box_nms_thresh``
 (0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
-``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (256).
+``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (256),
+``shared_decoder`` (True).
 """
 
 from __future__ import annotations

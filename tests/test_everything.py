@@ -12,6 +12,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from s2c.errors import S2CError
 from s2c.sam.everything import (
     compact_dtype,
+    decode_shared,
     everything_settings,
     fast_masks,
     merge_masks,
@@ -137,6 +138,27 @@ def test_fast_equals_stock_on_tiny_sam(scene):
         a = se_map(sam, scene, {**cfg, "impl": "stock", "overlap": rule})
         b = se_map(sam, scene, {**cfg, "impl": "fast", "overlap": rule})
         assert a.shape == scene.shape[:2] and se_agreement(a, b) == 1.0
+
+
+@pytest.mark.parametrize("model", ["tiny", "vit_test"])
+def test_decode_shared_equals_sam_mask_decoder(model):
+    """The copy-free decoder must give SAM's MaskDecoder outputs (multimask) for a batch of prompts."""
+    from s2c.sam.build import build_sam
+
+    sam = tiny_sam(seed=1) if model == "tiny" else build_sam("vit_test")
+    torch.manual_seed(2)
+    c = sam.prompt_encoder.embed_dim
+    emb = torch.randn(1, c, 64, 64)
+    pe = sam.prompt_encoder.get_dense_pe()
+    pts = torch.rand(5, 2, 2) * 1024
+    labels = torch.tensor([[1, 1], [1, 0], [1, -1], [0, 1], [1, 1]], dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+        ref_low, ref_iou = sam.mask_decoder(emb, pe, sparse, dense, multimask_output=True)
+        low, iou = decode_shared(sam.mask_decoder, emb, pe, sparse, dense)
+    assert low.shape == ref_low.shape == (5, 3, 256, 256)
+    torch.testing.assert_close(low, ref_low, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
 
 
 class QuadrantSam(torch.nn.Module):
