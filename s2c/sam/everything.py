@@ -17,8 +17,8 @@ per side, pred_iou_thresh 0.88, stability_score_thresh 0.95, box_nms_thresh 0.7,
      decoded when it lies inside the *finest* output of an earlier point and that output was
      accepted — its own masks would be near-duplicates that NMS removes anyway. Points in coarse
      masks whose finer parts were not accepted are still decoded, but some sub-part
-     masks found only from skipped points are lost (8 COCO images, H100: 4.1x faster than stock,
-     agreement 0.905 — below the 0.95 target, so not for the paper's SE maps);
+     masks found only from skipped points are lost (8 COCO images, H100: 5.2x faster than stock,
+     agreement 0.91 — below the 0.95 target, so not for the paper's SE maps; on CPU, 1.9x);
   3. prompts go through the decoder in batches of ``fast_points_per_batch`` (256: on an H100 that
      alone is ~15% faster than the stock batch of 64);
   4. ``shared_decoder``: :func:`decode_shared` runs SAM's mask decoder without copying the image
@@ -26,7 +26,7 @@ per side, pred_iou_thresh 0.88, stability_score_thresh 0.95, box_nms_thresh 0.7,
 
 Where the time goes: on a GPU the stock generator spends most of its time upsampling every mask to
 full resolution and round-tripping it through RLE, which (1) avoids (H100, 8 COCO images at 32
-points per side: ~3x faster, identical maps). On a CPU the mask decoder itself dominates (~50 ms per
+points per side, bench/sam_cache.py: 4.2x faster with (1), (3), (4), identical maps). On a CPU the mask decoder itself dominates (~50 ms per
 prompt) and only decoding fewer prompts (2) helps much.
 
 Merging (``overlap``): ``smallest_area`` (paper) — a pixel takes the smallest mask containing it;
