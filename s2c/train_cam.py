@@ -320,12 +320,14 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
     total = steps_per_epoch * epochs
 
     ckpt = tu.Checkpointer(out)
-    state = ckpt.load()
+    # Resume only a run over the same config and inputs (a killed job); a job rerun because its
+    # config, image list or caches changed starts from scratch.
+    identity = {"cfg": {k: v for k, v in cfg.items() if k != "num_workers"},
+                "inputs": {"images": ds.image_list_hash(),
+                           "caches": tu.inputs_fingerprint(embed_manifest, se_manifest)}}
+    state = tu.load_resumable(ckpt, identity)
     start_epoch, step = 0, 0
     if state is not None:
-        if state.get("cfg") != cfg:
-            raise S2CError(f"{ckpt.path} was written with a different cam config; delete it to start over "
-                           "or restore the config it was trained with")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         tu.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
@@ -365,7 +367,7 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
         rngs = _gather_rng(world)
         if tu.is_main():
             ckpt.save({"epoch": epoch + 1, "step": step, "model": tu.unwrap(model).state_dict(),
-                       "optimizer": opt.state_dict(), "rng": rngs, "cfg": cfg})
+                       "optimizer": opt.state_dict(), "rng": rngs, "cfg": cfg, "identity": identity})
             tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"],
                         title=f"train_cam ({split})")
         tu.barrier()

@@ -107,13 +107,11 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), label, ignore_index=255, reduction="sum") / n
 
 
-def _check_resume(state: dict, cfg: dict, ckpt_path: Path) -> None:
-    old = {k: v for k, v in state.get("cfg", {}).items() if k not in RESUME_FREE}
-    new = {k: v for k, v in cfg.items() if k not in RESUME_FREE}
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise S2CError(f"checkpoint {ckpt_path} was written with different seg config (keys {diff}); "
-                       "restore that config or delete the checkpoint to train from scratch")
+def resume_identity(cfg: dict, labels_dir: str | Path) -> dict:
+    """What a checkpoint must match to be resumed: the config (less RESUME_FREE keys) and the
+    pseudo-label files (regenerated labels → a fresh run)."""
+    return {"cfg": {k: v for k, v in cfg.items() if k not in RESUME_FREE},
+            "labels": tu.inputs_fingerprint(labels_dir)}
 
 
 def train_seg(data_cfg: dict, split: str, labels_dir: str | Path, out_dir: str | Path,
@@ -176,10 +174,10 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     ckpt = tu.Checkpointer(out_dir / "ckpt")
-    state = ckpt.load()
+    identity = resume_identity(cfg, labels_dir)
+    state = tu.load_resumable(ckpt, identity)
     start_epoch, step = 0, 0
     if state is not None:
-        _check_resume(state, cfg, ckpt.path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -210,7 +208,7 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
                                 "loss": sum(losses[logged:]) / (len(losses) - logged)})  # mean since last row
                     logged = len(losses)
             if main:
-                ckpt.save({"epoch": epoch + 1, "step": step, "cfg": cfg, "model": tu.unwrap(model).state_dict(),
+                ckpt.save({"epoch": epoch + 1, "step": step, "cfg": cfg, "identity": identity, "model": tu.unwrap(model).state_dict(),
                            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": tu.rng_state()})
                 tu.plot_csv(out_dir / "log.csv", out_dir / "losses.png", ["loss"], title="train_seg loss")
             tu.barrier()

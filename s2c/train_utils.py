@@ -7,6 +7,8 @@ its plot, and thin torch.distributed helpers for ``torchrun`` (gloo on CPU, nccl
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
 import random
 from pathlib import Path
@@ -18,6 +20,8 @@ import torch.distributed as dist
 
 from .errors import S2CError
 from .io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- device / seeds
@@ -94,6 +98,39 @@ class Checkpointer:
         except Exception as e:  # a truncated/corrupt pickle: say which file to delete
             raise S2CError(f"cannot read checkpoint {self.path} ({e.__class__.__name__}: {e}); "
                            "delete it to restart training from scratch") from None
+
+
+def inputs_fingerprint(*paths: str | os.PathLike | None) -> str:
+    """sha256 over the names, sizes and mtimes of the given files (folders: of every file inside).
+
+    Stored in checkpoints so a run resumes only over the same inputs: Snakemake reruns a training
+    job both after a kill (same inputs: resume) and after its inputs changed (new pseudo-labels, a
+    rebuilt cache: start fresh)."""
+    h = hashlib.sha256()
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def load_resumable(ckpt: "Checkpointer", identity: dict) -> dict | None:
+    """The checkpoint's state when it was written by a run with the same ``identity`` (config and
+    input fingerprint), else None: a stale checkpoint is logged and training starts from scratch."""
+    state = ckpt.load()
+    if state is None:
+        return None
+    if state.get("identity") != identity:
+        old = state.get("identity") or {}
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        log.warning("not resuming from %s: it was written with other %s; training from scratch",
+                    ckpt.path, ", ".join(diff) or "settings")
+        return None
+    return state
 
 
 def rng_state() -> dict:

@@ -328,10 +328,13 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     mb = torch.load(resumed, weights_only=False)["model"]
     for k, v in m["model"].items():
         assert torch.equal(v, mb[k]), k  # bit-exact: same crops, optimizer state and RNG streams
-    # a finished run is not trained again, and a changed config is refused
+    # a finished run is not trained again; a changed config trains from scratch (all steps logged anew)
     assert _run(caches, tmp_path / "b") == resumed
-    with pytest.raises(S2CError, match="different cam config"):
-        _run(caches, tmp_path / "b", cfg=_cfg(lr=0.5))
+    _run(caches, tmp_path / "b", cfg=_cfg(lr=0.5))
+    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [0, 1, 2, 3]
+    mc = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
+    assert mc["cam_cfg"]["lr"] == 0.5
+    assert any(not torch.equal(v, mc["model"][k]) for k, v in m["model"].items())
 
 
 def test_train_online_mode_needs_no_embedding_cache(caches, tmp_path, fake_sam):

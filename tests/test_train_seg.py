@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 
 import numpy as np
@@ -104,12 +105,24 @@ def test_killed_run_resumes_from_checkpoint(voc, full_run, tmp_path):
     assert [float(r["loss"]) for r in rows] == pytest.approx([float(r["loss"]) for r in full_rows], rel=1e-4)
 
 
-def test_resume_with_other_config_is_refused(voc, full_run, tmp_path):
+def test_checkpoint_of_other_config_or_labels_is_not_resumed(voc, full_run, tmp_path, caplog):
+    """Snakemake reruns train_seg after a kill (resume) and after its config or pseudo-labels
+    changed: then the old checkpoint must not be resumed."""
     data_cfg, labels = voc
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "last.pt").write_bytes((full_run[0] / "ckpt" / "last.pt").read_bytes())
-    with pytest.raises(S2CError, match=r"last\.pt.*different seg config.*'lr'"):
-        train_seg(data_cfg, "train", labels, tmp_path, {**TINY, "lr": 0.5}, device="cpu")
+    epochs = []
+    train_seg(data_cfg, "train", labels, tmp_path, {**TINY, "lr": 0.5}, device="cpu",
+              on_epoch_end=lambda ep, m: epochs.append(ep))
+    assert "not resuming" in caplog.text and "cfg" in caplog.text
+    assert len(epochs) == TINY["epochs"]  # trained from scratch, not skipped as finished
+    # same config, regenerated labels (new files) → fresh too
+    relabeled = tmp_path / "relabeled"
+    shutil.copytree(labels, relabeled, copy_function=shutil.copy)  # new mtimes, like a rerun
+    epochs.clear()
+    train_seg(data_cfg, "train", relabeled, tmp_path, {**TINY, "lr": 0.5}, device="cpu",
+              on_epoch_end=lambda ep, m: epochs.append(ep))
+    assert len(epochs) == TINY["epochs"]
 
 
 def test_missing_pseudo_label_names_the_file(voc, tmp_path):
