@@ -8,9 +8,35 @@ defining those keys. :func:`resolve_sections` runs each stage's own resolver so 
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 from .errors import S2CError
+
+
+def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=frozenset(),
+                  recurse: bool = False, opaque=frozenset()) -> dict:
+    """``cfg`` over ``defaults`` (the one merge every stage uses); an unknown key raises S2CError
+    naming it as ``section.key``, so typos fail loudly instead of being ignored.
+
+    ``ignore``: keys of a shared section that belong to another stage (accepted, dropped).
+    ``recurse``: merge dict-valued defaults key by key (sub-sections), except keys in ``opaque``,
+    which are replaced whole.
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(defaults) - set(ignore))
+    if unknown:
+        raise S2CError(f"unknown config key(s) {', '.join(f'{section}.{k}' for k in unknown)}: {unknown} not in "
+                       f"the {section} section; known keys: {sorted(defaults)}")
+    out = copy.deepcopy(defaults)
+    for k, v in cfg.items():
+        if k not in defaults:
+            continue
+        sub = defaults[k]
+        if recurse and isinstance(sub, dict) and isinstance(v, dict) and k not in opaque:
+            v = merge_section(sub, v, f"{section}.{k}", recurse=True, opaque=opaque)
+        out[k] = v
+    return out
 
 
 def _resolvers() -> dict[str, Callable[[dict], dict]]:
@@ -19,11 +45,11 @@ def _resolvers() -> dict[str, Callable[[dict], dict]]:
 
     return {
         "cam": train_cam.resolve_cfg,
-        "infer_cam": lambda c: infer_cam.merge_cfg(infer_cam.DEFAULTS, c, "infer_cam"),
-        "eval_cam": lambda c: infer_cam.merge_cfg(eval_cam.DEFAULTS, c, "eval_cam"),
+        "infer_cam": lambda c: merge_section(infer_cam.DEFAULTS, c, "infer_cam"),
+        "eval_cam": lambda c: merge_section(eval_cam.DEFAULTS, c, "eval_cam"),
         "pseudo": pseudo_labels.resolve_cfg,
         "seg": train_seg.resolve_cfg,
-        "eval_seg": lambda c: train_seg.merge_cfg(c, eval_seg.DEFAULTS, "eval_seg"),
+        "eval_seg": lambda c: merge_section(eval_seg.DEFAULTS, c, "eval_seg"),
     }
 
 

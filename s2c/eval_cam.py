@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import S2CError, cli_main
-from .infer_cam import CAMStore, merge_cfg, parse_json_arg
+from .config import merge_section
+from .infer_cam import CAMStore, parse_json_arg
 from .metrics import DEFAULT_THRESHOLDS, ThresholdSearch, with_background, write_metrics
 
 DEFAULTS: dict = {
@@ -44,7 +45,7 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
     (and a per-class IoU bar chart PNG ``bar``). Returns the metrics dict."""
     from .data import open_dataset
 
-    cfg = merge_cfg(DEFAULTS, cfg, "eval_cam")
+    cfg = merge_section(DEFAULTS, cfg, "eval_cam")
     try:
         thresholds = [float(t) for t in cfg["thresholds"]]
     except (TypeError, ValueError):

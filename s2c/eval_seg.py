@@ -33,7 +33,8 @@ from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
 from .refine.crf import dense_crf, require_densecrf
-from .train_seg import _json_arg, build_model, merge_cfg, resolve_cfg
+from .config import merge_section
+from .train_seg import _json_arg, build_model, resolve_cfg
 
 #: The eval_seg config section.
 DEFAULTS: dict[str, Any] = {
@@ -145,7 +146,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
     Images without GT (e.g. a test split) are predicted and saved but not scored; ``n_images`` counts
     the scored ones and ``miou`` is null when none has GT.
     """
-    cfg = merge_cfg(cfg, DEFAULTS, "eval_seg")
+    cfg = merge_section(DEFAULTS, cfg, "eval_seg")
     scales = [float(s) for s in cfg["scales"]]
     dev = tu.select_device(device)
     model, meta = load_seg_model(model_path, weights_dir, dev)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data.transforms import normalize
+from .config import merge_section
 from .errors import S2CError, cli_main
 from .io import atomic_path, sha256_file
 
@@ -44,17 +45,6 @@ DEFAULTS: dict = {
     "scales": [0.5, 1.0, 1.5, 2.0],
     "flip": True,
 }
-
-
-def merge_cfg(defaults: dict, cfg: dict | None, section: str) -> dict:
-    """defaults updated by cfg; unknown keys raise S2CError naming the section and key."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise S2CError(f"{section}: unknown config key(s) {unknown}; allowed: {sorted(defaults)}")
-    out = dict(defaults)
-    out.update(cfg)
-    return out
 
 
 def parse_json_arg(text: str, flag: str) -> dict:
@@ -213,7 +203,7 @@ def infer_cams(model_path: str | Path, data_cfg: dict, split: str, out: str | Pa
     from .data import open_dataset
     from .train_utils import select_device
 
-    cfg = merge_cfg(DEFAULTS, cfg, "infer_cam")
+    cfg = merge_section(DEFAULTS, cfg, "infer_cam")
     scales = [float(s) for s in cfg["scales"]]
     if not scales or any(s <= 0 for s in scales):
         raise S2CError(f"infer_cam: 'scales' must be a non-empty list of positive numbers, got {cfg['scales']}")

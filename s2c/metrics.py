@@ -125,7 +125,7 @@ class ThresholdSearch:
 
     def confusions(self) -> np.ndarray:
         """int64 (T, K, K): the confusion matrix for each threshold."""
-        T, K = self.thresholds.size, self.K
+        T = self.thresholds.size
         # fg[j] = counts with bin > j (predicted their CAM class); bg[j] = bin <= j (predicted 0)
         rev = np.cumsum(self.hist[::-1], axis=0)[::-1]  # rev[i] = sum over bins >= i
         fg = rev[1:T + 1]

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .classes import voc_palette
 from .errors import S2CError, cli_main
-from .infer_cam import CAMStore, merge_cfg, parse_json_arg
+from .config import merge_section
+from .infer_cam import CAMStore, parse_json_arg
 from .io import atomic_path
 from .metrics import read_metrics
 from .refine import cams_to_label
@@ -65,10 +66,10 @@ def resolve_cfg(cfg: dict | None) -> dict:
     """Merge the pseudo_labels section over DEFAULTS (sub-sections too) and validate it."""
     cfg = dict(cfg or {})
     subs = ("crf", "sam")
-    out = merge_cfg({k: v for k, v in DEFAULTS.items() if k not in subs},
-                    {k: v for k, v in cfg.items() if k not in subs}, "pseudo_labels")
-    out["crf"] = merge_cfg(CRF_DEFAULTS, cfg.get("crf"), "pseudo_labels.crf")
-    out["sam"] = merge_cfg(SAM_DEFAULTS, cfg.get("sam"), "pseudo_labels.sam")
+    out = merge_section({k: v for k, v in DEFAULTS.items() if k not in subs},
+                        {k: v for k, v in cfg.items() if k not in subs}, "pseudo_labels", ignore=subs)
+    out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo_labels.crf")
+    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo_labels.sam")
     if out["refine"] not in REFINEMENTS:
         raise S2CError(f"pseudo_labels.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
     return out

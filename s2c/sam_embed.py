@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .config import merge_section
 from .errors import S2CError, cli_main
 from .sam.cache import PartWriter, make_identity, part_ids
 
@@ -48,15 +49,6 @@ EMBED_DEFAULTS: dict[str, Any] = {
 # Keys of the config's `sam` section that belong to other stages / the workflow.
 _SAM_SECTION_OTHER = {"parts", "everything"}
 RANDOM_CHECKPOINT = "random-init"  # checkpoint_sha256 recorded for model_type vit_test
-
-
-def merge_cfg(cfg: dict | None, defaults: dict, section: str, ignore: set[str] = frozenset()) -> dict:
-    """``cfg`` over ``defaults``; unknown keys → S2CError listing the known ones."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(defaults) - set(ignore))
-    if unknown:
-        raise S2CError(f"unknown key(s) in config '{section}': {unknown}; known keys: {sorted(defaults)}")
-    return {**defaults, **{k: v for k, v in cfg.items() if k in defaults}}
 
 
 def embed_settings() -> dict:
@@ -170,7 +162,7 @@ def run_sam_embed(
     from .sam.build import resolve_device
     from .sam.prompt import encode_images, sam_input_size
 
-    cfg = merge_cfg(cfg, EMBED_DEFAULTS, "sam", _SAM_SECTION_OTHER)
+    cfg = merge_section(EMBED_DEFAULTS, cfg, "sam", ignore=_SAM_SECTION_OTHER)
     ds, ids = open_part(data_cfg, split, part, parts)
     if sam is None:
         sam, checkpoint_sha256 = load_sam(cfg, weights_dir, str(resolve_device(device)))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .config import merge_section
 from .errors import cli_main
 from .sam.cache import PartWriter, make_identity
 from .sam.everything import everything_settings, resolve_everything_cfg, se_map
@@ -36,7 +37,6 @@ from .sam_embed import (
     handle_corrupt,
     iter_images,
     load_sam,
-    merge_cfg,
     open_part,
     parse_json_arg,
 )
@@ -72,7 +72,7 @@ def run_sam_everything(
     """
     from .sam.build import resolve_device
 
-    cfg = merge_cfg(cfg, SE_DEFAULTS, "sam", _SAM_SECTION_OTHER)
+    cfg = merge_section(SE_DEFAULTS, cfg, "sam", ignore=_SAM_SECTION_OTHER)
     ev = resolve_everything_cfg(cfg["everything"])
     ds, ids = open_part(data_cfg, split, part, parts)
     if sam is None:

@@ -66,22 +66,19 @@ decoder must come from the checkpoint that built the embedding cache (checked).
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import train_utils as tu
+from .config import merge_section
 from .errors import S2CError, cli_main
 from .io import atomic_path, ensure_writable_dir
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
@@ -134,27 +131,21 @@ _CHOICES = {
 }
 
 
-def _merge(base: dict, over: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            raise S2CError(f"unknown config key {where}.{k}; known keys: {sorted(base)}")
-        out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base[k], dict) and k != "augment" else v
-    return out
-
-
 def resolve_cfg(cfg: dict | None) -> dict:
     """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
 
-    Model keys pass through untouched for :func:`s2c.models.build_classifier`.
+    Model keys are filled from :data:`s2c.models.classifier.CAM_DEFAULTS` (the one place defining
+    them) for :func:`s2c.models.build_classifier`.
     """
+    from .models.classifier import CAM_DEFAULTS, cfg_get
+
     cfg = dict(cfg or {})
-    model = {k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}
-    out = _merge(TRAIN_DEFAULTS, cfg, "cam")
+    model = cfg_get({k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}, CAM_DEFAULTS, "cam")
+    out = merge_section(TRAIN_DEFAULTS, cfg, "cam", recurse=True, opaque={"augment"})
     if out["ablation"] is not None:
         if out["ablation"] not in ABLATIONS:
             raise S2CError(f"cam.ablation {out['ablation']!r} unknown; use one of {sorted(ABLATIONS)} or null")
-        out = _merge(out, ABLATIONS[out["ablation"]], "cam")
+        out = merge_section(out, ABLATIONS[out["ablation"]], "cam", recurse=True, opaque={"augment"})
     for path, allowed in _CHOICES.items():
         v = out
         for p in path:

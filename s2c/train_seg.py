@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from . import train_utils as tu
+from .config import merge_section
 from .data import open_dataset
 from .data.seg_train import PseudoLabelDataset, SegAugment
 from .errors import S2CError, cli_main
@@ -64,18 +65,9 @@ DEFAULTS: dict[str, Any] = {
 RESUME_FREE = {"num_workers", "log_every"}
 
 
-def merge_cfg(cfg: dict | None, defaults: dict, section: str) -> dict:
-    """``defaults`` overlaid with ``cfg``; S2CError naming any unknown key (typos fail loudly)."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise S2CError(f"unknown config key(s) {unknown} in the {section} section; known keys: {sorted(defaults)}")
-    return {**defaults, **cfg}
-
-
 def resolve_cfg(cfg: dict | None) -> dict:
     """The full ``seg`` section: :data:`DEFAULTS` overlaid with ``cfg``, checked."""
-    out = merge_cfg(cfg, DEFAULTS, "seg")
+    out = merge_section(DEFAULTS, cfg, "seg")
     for k in ("epochs", "batch_size", "crop_size", "log_every"):
         if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
             raise S2CError(f"config key seg.{k} must be a positive integer, got {out[k]!r}")

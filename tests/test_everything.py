@@ -99,7 +99,7 @@ def test_agreement_metric():
 
 
 def test_cfg_validation_and_settings():
-    with pytest.raises(S2CError, match="unknown key"):
+    with pytest.raises(S2CError, match="unknown config key"):
         resolve_everything_cfg({"points_per_sid": 8})
     with pytest.raises(S2CError, match="overlap"):
         resolve_everything_cfg({"overlap": "biggest"})

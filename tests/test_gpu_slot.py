@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 from s2c import gpu_slot
 

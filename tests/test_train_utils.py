@@ -1,7 +1,6 @@
 """Tests for s2c.train_utils: device choice, poly LR, checkpoints, resumable CSV log, plot, DDP helpers."""
 
 import csv
-import os
 
 import numpy as np
 import pytest

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..classes import class_names as _class_names
+from ..config import merge_section
 from ..errors import S2CError
 from ..io import read_image
 
@@ -126,10 +127,7 @@ def resolve_data_cfg(data_cfg: dict) -> dict:
     """``data_cfg`` merged over :data:`DATA_DEFAULTS`, with unknown keys rejected."""
     if not isinstance(data_cfg, dict):
         raise S2CError(f"config 'data' must be a mapping, got {type(data_cfg).__name__}")
-    unknown = sorted(set(data_cfg) - set(DATA_DEFAULTS))
-    if unknown:
-        raise S2CError(f"unknown key(s) in config 'data': {unknown}; known keys: {sorted(DATA_DEFAULTS)}")
-    cfg = {**DATA_DEFAULTS, **data_cfg}
+    cfg = merge_section(DATA_DEFAULTS, data_cfg, "data")
     if not cfg["root"]:
         raise S2CError("config 'data.root' is not set; point it at the dataset folder")
     return cfg

@@ -79,11 +79,9 @@ _FAST_ONLY = ("skip_covered", "stability_margin", "shared_decoder")
 
 def resolve_everything_cfg(cfg: dict | None) -> dict:
     """``cfg`` (the ``sam.everything`` section) over :data:`EVERYTHING_DEFAULTS`, validated."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(EVERYTHING_DEFAULTS))
-    if unknown:
-        raise S2CError(f"unknown key(s) in config 'sam.everything': {unknown}; known keys: {sorted(EVERYTHING_DEFAULTS)}")
-    cfg = {**EVERYTHING_DEFAULTS, **cfg}
+    from ..config import merge_section
+
+    cfg = merge_section(EVERYTHING_DEFAULTS, cfg, "sam.everything")
     if cfg["impl"] not in IMPLS:
         raise S2CError(f"sam.everything.impl must be one of {IMPLS}, got {cfg['impl']!r}")
     if cfg["overlap"] not in OVERLAP_RULES:
