@@ -13,7 +13,9 @@ Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``s
 (0.88), ``stability_score_thresh`` (0.95), ``stability_score_offset`` (1.0), ``box_nms_thresh``
 (0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
 ``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (256),
-``shared_decoder`` (True).
+``shared_decoder`` (True), ``reuse_embedding`` (True: decode from ``--embed-store``, the
+:mod:`s2c.sam_embed` part store of the same split and part, instead of encoding each image again;
+recorded in the store identity because fp16 embeddings shift a few mask borders).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import torch
 from tqdm import tqdm
 
 from .config import merge_section
-from .errors import cli_main
-from .sam.cache import PartWriter, make_identity
+from .errors import S2CError, cli_main
+from .sam.cache import EmbeddingReader, PartWriter, make_identity
 from .sam.everything import everything_settings, resolve_everything_cfg, se_map
 from .sam_embed import (
     RANDOM_CHECKPOINT,
     add_part_args,
+    embed_settings,
     handle_corrupt,
     iter_images,
     load_sam,
@@ -65,10 +68,13 @@ def run_sam_everything(
     sam: torch.nn.Module | None = None,
     checkpoint_sha256: str | None = None,
     progress: bool = True,
+    embed_store: str | os.PathLike | None = None,
 ) -> Path:
     """Write the SE maps of part ``part``/``parts`` of ``split`` into the store ``out``; returns ``out``.
 
-    ``sam`` + ``checkpoint_sha256`` inject a prebuilt model (tests).
+    ``sam`` + ``checkpoint_sha256`` inject a prebuilt model (tests). ``embed_store``: the embedding
+    store (part store or manifest) to decode from when ``everything.reuse_embedding`` is on; it must
+    have been built by the same SAM checkpoint over the same image list.
     """
     from .sam.build import resolve_device
 
@@ -78,6 +84,13 @@ def run_sam_everything(
     if sam is None:
         sam, checkpoint_sha256 = load_sam(cfg, weights_dir, str(resolve_device(device)))
     identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, everything_settings(ev), ds.image_list_hash())
+    embeddings = None
+    if ev["impl"] == "fast" and ev["reuse_embedding"]:
+        if embed_store is None:
+            raise S2CError("sam.everything.reuse_embedding is true: pass --embed-store (the sam_embed store of "
+                           "this split and part) or set sam.everything.reuse_embedding: false")
+        embeddings = EmbeddingReader(embed_store, make_identity(
+            "embed", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, embed_settings(), ds.image_list_hash()))
     writer = PartWriter(out, identity, ids, part, parts)
     todo = writer.todo()
     if writer.resumed:
@@ -88,7 +101,8 @@ def run_sam_everything(
                 if err is not None:
                     handle_corrupt(writer, i, err, cfg["skip_corrupt"])
                 else:
-                    writer.write_se(i, se_map(sam, im, ev))
+                    emb = embeddings.embedding(ids[i]) if embeddings is not None else None
+                    writer.write_se(i, se_map(sam, im, ev, embedding=emb))
                 bar.update(1)
     return writer.finalize()
 
@@ -97,11 +111,13 @@ def run_sam_everything(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2c.sam_everything", description=__doc__.split("\n")[0])
     add_part_args(p)
+    p.add_argument("--embed-store", type=Path, default=None,
+                   help="embedding store of the same split/part to decode from (sam.everything.reuse_embedding)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = run_sam_everything(
         parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.part, a.parts, a.out, a.weights_dir,
-        parse_json_arg(a.cfg, "--cfg"), a.device,
+        parse_json_arg(a.cfg, "--cfg"), a.device, embed_store=a.embed_store,
     )
     print(f"wrote {out}")
     return 0

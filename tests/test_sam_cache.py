@@ -36,7 +36,8 @@ PY = sys.executable
 EMBED_CFG = {"model_type": "vit_test", "batch_size": 2, "num_workers": 0}
 # loose thresholds: the tiny random SAM must still produce segments
 SE_CFG = {"model_type": "vit_test", "everything": {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.7,
-                         "stability_score_offset": 0.1, "box_nms_thresh": 0.95}, "num_workers": 0}
+                         "stability_score_offset": 0.1, "box_nms_thresh": 0.95,
+                                                  "reuse_embedding": False}, "num_workers": 0}
 
 def data_cfg(root: Path) -> dict:
     return {"kind": "voc", "root": str(root)}
@@ -140,6 +141,37 @@ def test_se_round_trip_and_refusal(synthetic_voc, tmp_path):
                              SE_CFG, "cpu", sam=sam, checkpoint_sha256="zzz", progress=False)
     with pytest.raises(S2CError, match="checkpoint_sha256"):
         join_parts("se", [outs[0], odd], tmp_path / "bad.json")
+
+def test_se_decodes_from_the_embedding_store(synthetic_voc, tmp_path):
+    """reuse_embedding: SE maps come from the cached fp16 embedding, not a second encoder pass; the
+    store must be the same model's, and the setting is part of the SE identity."""
+    from s2c.data import open_dataset
+    from s2c.sam.everything import everything_settings, se_map
+
+    sam = vit_test_sam()  # 256-channel embeddings, like the real models
+    # every mask accepted (random weights): the comparison below covers real segments
+    cfg = {**SE_CFG, "everything": {**SE_CFG["everything"], "reuse_embedding": True, "stability_score_thresh": 0.0}}
+    emb = run_sam_embed(data_cfg(synthetic_voc), "val", 0, 1, tmp_path / "embed.zarr", tmp_path,
+                        {**EMBED_CFG, "model_type": "vit_test"}, "cpu", sam=sam, checkpoint_sha256="abc", progress=False)
+    with pytest.raises(S2CError, match="--embed-store"):
+        run_sam_everything(data_cfg(synthetic_voc), "val", 0, 1, tmp_path / "se.zarr", tmp_path, cfg, "cpu",
+                           sam=sam, checkpoint_sha256="abc", progress=False)
+    with pytest.raises(S2CError, match="checkpoint_sha256"):  # another checkpoint's embeddings
+        run_sam_everything(data_cfg(synthetic_voc), "val", 0, 1, tmp_path / "se.zarr", tmp_path, cfg, "cpu",
+                           sam=sam, checkpoint_sha256="other", progress=False, embed_store=emb)
+    out = run_sam_everything(data_cfg(synthetic_voc), "val", 0, 1, tmp_path / "se.zarr", tmp_path, cfg, "cpu",
+                             sam=sam, checkpoint_sha256="abc", progress=False, embed_store=emb)
+    ds = open_dataset(data_cfg(synthetic_voc), "val")
+    embeddings, se = EmbeddingReader(emb), SEMapReader(out)
+    assert se.identity["settings"] == everything_settings(cfg["everything"]) != everything_settings(
+        {**cfg["everything"], "reuse_embedding": False})
+    n_seg = 0
+    for id_ in ds.ids:
+        ref = se_map(sam, ds.load_image(id_), cfg["everything"], embedding=embeddings.embedding(id_))
+        np.testing.assert_array_equal(se.se_map(id_), ref)
+        n_seg += int(ref.max())
+    assert n_seg > 0
+
 
 def test_large_segment_counts_stored_without_wrap(tmp_path):
     ident = make_identity("se", "vit_test", "x", {}, "h")

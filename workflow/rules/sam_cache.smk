@@ -34,6 +34,7 @@ rule sam_everything:
     input:
         images=split_list("{split}"),
         ckpt=sam_checkpoint(),
+        embed=se_embed_store,
     output:
         directory(f"{CACHE}/{{split}}/se.part{{part}}.zarr"),
     params:
@@ -42,6 +43,7 @@ rule sam_everything:
         data=DATA_CFG,
         cfg=sam_everything_cfg(),
         parts=len(PARTS),
+        embed=lambda wc, input: f"--embed-store {input.embed}" if input.embed else "",
     conda:
         "../../environment.yml"
     log:
@@ -55,7 +57,7 @@ rule sam_everything:
     shell:
         "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split}"
         " --part {wildcards.part} --parts {params.parts} --out {output}"
-        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
+        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} {params.embed} > {log} 2>&1"
 
 
 rule sam_cache_join:
