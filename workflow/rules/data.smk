@@ -11,7 +11,11 @@ if config["synthetic"]["enabled"]:
             ),
         params:
             root=lambda wc, output: str(Path(output[0]).parents[2]),
-            cfg=config["synthetic"],
+            # scalars, not the section dict: key order in a config file must not trigger reruns
+            n_train=config["synthetic"]["n_train"],
+            n_val=config["synthetic"]["n_val"],
+            size=config["synthetic"]["size"],
+            seed=config["synthetic"]["seed"],
         conda:
             "../../environment.yml"
         log:
@@ -22,8 +26,8 @@ if config["synthetic"]["enabled"]:
             mem_mb=2000,
             runtime=10,
         shell:
-            "python -m s2c.data.synthetic --root {params.root} --n-train {params.cfg[n_train]}"
-            " --n-val {params.cfg[n_val]} --size {params.cfg[size]} --seed {params.cfg[seed]}"
+            "python -m s2c.data.synthetic --root {params.root} --n-train {params.n_train}"
+            " --n-val {params.n_val} --size {params.size} --seed {params.seed}"
             " > {log} 2>&1"
 
 
