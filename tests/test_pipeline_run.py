@@ -45,7 +45,7 @@ def tiny_config(weights_dir: Path) -> dict:
 
 
 def smk(workdir: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "cfg.yaml"), *args],
+    out = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args, "--configfile", str(workdir / "cfg.yaml")],
                          capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
@@ -75,8 +75,8 @@ def run_dir(tmp_path_factory):
     cam_dir = work / "results" / RUN / "cam"
 
     # 1. run up to train_cam and kill the whole process group once its first epoch is checkpointed
-    cmd = [*SNAKEMAKE, "-d", str(work), "--configfile", str(work / "cfg.yaml"), "--cores", "2",
-           str(cam_dir / "model.pt")]
+    cmd = [*SNAKEMAKE, "-d", str(work), "--cores", "2", f"results/{RUN}/cam/model.pt",
+           "--configfile", str(work / "cfg.yaml")]
     with open(work / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 900
@@ -90,7 +90,10 @@ def run_dir(tmp_path_factory):
     assert killed_at < CAM_EPOCHS, "the kill came after training finished; the test needs more epochs"
     assert not (cam_dir / "model.pt").exists()
 
-    # 2. rerun the user-facing target: Snakemake reruns the incomplete job, which resumes
+    # 2. a killed Snakemake leaves its lock: unlock (README, fault recovery), then rerun the
+    # user-facing target: Snakemake reruns the incomplete job, which resumes from last.pt
+    assert smk(work, "--cores", "2", "eval_voc", check=False).returncode != 0  # locked
+    smk(work, "--unlock", "--cores", "1")
     smk(work, "--cores", "2", "--rerun-incomplete", "eval_voc")
     return work, killed_at
 
