@@ -1,7 +1,9 @@
 """Print the run's headline table: CAM / pseudo-label / segmentation mIoU (`python -m s2c.summary`).
 
 Usage: ``python -m s2c.summary results/<run>/metrics/{cam_train,pseudo_train,seg_val}.json``.
-With ``--bench DIR...`` also prints each stage's wall time from Snakemake benchmark TSVs.
+With ``--bench DIR...`` also prints each stage's wall time from Snakemake benchmark TSVs; with
+``--tsv OUT`` writes the per-class IoU table (one column per metric file, mIoU last) that the
+Snakemake report renders as a table.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import S2CError, cli_main
+from .io import atomic_path
 
 ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)"}
 
@@ -47,13 +50,27 @@ def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) 
     return "\n".join(lines)
 
 
+def write_tsv(metrics: dict[str, dict], out: Path) -> None:
+    """Per-class IoU (%) of each metric file side by side; empty cells for classes absent from GT."""
+    names = list(next(iter(metrics.values()))["iou"])
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["class", *(ROWS.get(k, k) for k in metrics)])
+        for c in names:
+            w.writerow([c, *("" if m["iou"].get(c) is None else f"{m['iou'][c]:.2f}" for m in metrics.values())])
+        w.writerow(["mIoU", *(f"{m['miou']:.2f}" for m in metrics.values())])
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m s2c.summary", description=__doc__)
     ap.add_argument("metrics", nargs="+", type=Path, help="metric JSON files (cam_train, pseudo_train, seg_val)")
     ap.add_argument("--bench", nargs="*", type=Path, default=[], help="folders of Snakemake benchmark TSVs")
+    ap.add_argument("--tsv", type=Path, default=None, help="write the per-class IoU table here")
     args = ap.parse_args(argv)
     metrics = {p.stem: load_metric(p) for p in args.metrics}
+    if args.tsv is not None:
+        write_tsv(metrics, args.tsv)
     times = [t for d in args.bench if d.is_dir() for t in stage_times(d)]
     print(format_table(metrics, times))
     return 0

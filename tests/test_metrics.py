@@ -133,3 +133,17 @@ def test_read_metrics_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(S2CError, match="bad.json"):
         read_metrics(tmp_path / "bad.json")
+
+
+def test_summary_tsv_puts_metrics_side_by_side(tmp_path):
+    from s2c.summary import main
+
+    for name, v in (("cam_train", 50.0), ("seg_val", 40.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"miou": v, "iou": {"background": 80.0, "aeroplane": v - 30, "bicycle": None}}))
+    out = tmp_path / "summary.tsv"
+    assert main([str(tmp_path / "cam_train.json"), str(tmp_path / "seg_val.json"), "--tsv", str(out)]) == 0
+    rows = [r.split("\t") for r in out.read_text().splitlines()]
+    assert rows[0] == ["class", "CAM (train)", "segmentation (val)"]
+    assert rows[2] == ["aeroplane", "20.00", "10.00"] and rows[3] == ["bicycle", "", ""]
+    assert rows[-1] == ["mIoU", "50.00", "40.00"]

@@ -146,3 +146,11 @@ def test_seg_edit_reruns_only_the_segmentation_network(run_dir):
 def test_unrelated_edit_reruns_nothing(run_dir):
     rules = planned_rules(run_dir[0], _edited(lambda c: c["sam"].update(num_workers=3)))
     assert rules <= {"eval_voc"}, rules
+
+
+def test_html_report_holds_metrics_and_figures(run_dir):
+    work, _ = run_dir
+    smk(work, "--report", str(work / "report.html"), "eval_voc")
+    html = (work / "report.html").read_text(errors="replace")
+    for name in ("summary.tsv", "cam_train_iou.png", "losses.png", "seg_panels.png"):
+        assert name in html, name
