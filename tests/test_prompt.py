@@ -157,7 +157,6 @@ def test_bad_arguments(encoded, tiny_sam):
 REAL_IMAGES = [57345, 92660, 104455]
 
 
-@pytest.mark.slow
 def test_mobile_sam_one_point_recovers_real_instances(mobile_sam, coco_mini_root):
     from pycocotools.coco import COCO
     from scipy import ndimage

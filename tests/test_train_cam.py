@@ -403,7 +403,6 @@ def test_cli_baseline_with_real_classifier(synthetic_voc, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ real data
-@pytest.mark.slow
 def test_cached_and_online_agree_on_coco_mini(coco_mini_root, tmp_path):
     """Augmentation off, crop = whole image: class masks from the cached embedding (decoder only)
     and from encoding the crop online agree (IoU ≥ 0.9) with MobileSAM on real images."""
