@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=3)
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--points-per-batch", type=int, default=64, help="stock generator's batch (its default)")
-    p.add_argument("--fast-batch", type=int, default=256, help="fast generator's prompt batch")
+    p.add_argument("--fast-batch", type=int, default=None, help="fast generator's prompt batch (default: 256 on GPU, 4 on CPU)")
     p.add_argument("--stability-margin", type=float, default=None, help="fast generator's low-res pre-filter margin")
     p.add_argument("--skip-covered", action="store_true", help="also time the approximate skip_covered mode")
     p.add_argument("--embed-batch", type=int, default=4)

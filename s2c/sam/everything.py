@@ -19,8 +19,10 @@ per side, pred_iou_thresh 0.88, stability_score_thresh 0.95, box_nms_thresh 0.7,
      masks whose finer parts were not accepted are still decoded, but some sub-part
      masks found only from skipped points are lost (8 COCO images, H100: 5.2x faster than stock,
      agreement 0.91 — below the 0.95 target, so not for the paper's SE maps; on CPU, 1.9x);
-  3. prompts go through the decoder in batches of ``fast_points_per_batch`` (256: on an H100 that
-     alone is ~15% faster than the stock batch of 64);
+  3. prompts go through the decoder in batches of ``fast_points_per_batch`` (null = by device:
+     256 on a GPU, where that alone is ~15% faster than the stock batch of 64 on an H100; 4 on a
+     CPU, where the decoder is memory-bound and batches of 4 were ~1.5x faster per prompt than 64
+     with MobileSAM);
   4. ``shared_decoder``: :func:`decode_shared` runs SAM's mask decoder without copying the image
      embedding once per prompt (bit-identical outputs, ~20% less decoder time on CPU).
 
@@ -57,7 +59,7 @@ EVERYTHING_DEFAULTS: dict[str, Any] = {
     "impl": "fast",  # fast | stock
     "points_per_side": 32,
     "points_per_batch": 64,  # stock generator's prompt batch; speed only
-    "fast_points_per_batch": 256,  # fast generator's prompt batch; speed only
+    "fast_points_per_batch": None,  # fast generator's prompt batch (None: 256 GPU / 4 CPU); speed only
     "pred_iou_thresh": 0.88,
     "stability_score_thresh": 0.95,
     "stability_score_offset": 1.0,
@@ -89,7 +91,8 @@ def resolve_everything_cfg(cfg: dict | None) -> dict:
         raise S2CError(f"sam.everything.impl must be one of {IMPLS}, got {cfg['impl']!r}")
     if cfg["overlap"] not in OVERLAP_RULES:
         raise S2CError(f"sam.everything.overlap must be one of {OVERLAP_RULES}, got {cfg['overlap']!r}")
-    if min(int(cfg[k]) for k in ("points_per_side", "points_per_batch", "fast_points_per_batch")) < 1:
+    keys = [k for k in ("points_per_side", "points_per_batch", "fast_points_per_batch") if cfg[k] is not None]
+    if min(int(cfg[k]) for k in keys) < 1:
         raise S2CError("sam.everything.points_per_side / points_per_batch / fast_points_per_batch must be >= 1")
     return cfg
 
@@ -262,6 +265,7 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
 
     # the copy-free path needs SAM's own MaskDecoder internals (stand-ins use their forward)
     shared = cfg["shared_decoder"] and hasattr(sam.mask_decoder, "transformer")
+    prompt_batch = cfg["fast_points_per_batch"] or (256 if dev.type == "cuda" else 4)
     covered = torch.zeros(lr, lr, dtype=torch.bool, device=dev)
     keep_masks, keep_iou, keep_st, keep_boxes = [], [], [], []
     n_decoded = 0
@@ -271,8 +275,8 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
         if li > 0:
             level = level[~covered[cell[level, 1], cell[level, 0]]]
         level_cover = []
-        for start in range(0, len(level), cfg["fast_points_per_batch"]):
-            ids = level[start : start + cfg["fast_points_per_batch"]]
+        for start in range(0, len(level), prompt_batch):
+            ids = level[start : start + prompt_batch]
             n_decoded += len(ids)
             pts = coords_t[ids][:, None, :]
             labels = torch.ones(pts.shape[:2], dtype=torch.int, device=dev)
