@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--output-stride", type=int, default=32)
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--prompt-cam", default="step", choices=["step", "multiscale"])
+    p.add_argument("--batching", default=None, choices=["pad", "group"], help="cam.cpm.batching (default: the trainer's)")
     p.add_argument("--ssc-size", type=int, default=None, help="cam.ssc.size (default: the crop, as the paper)")
     p.add_argument("--workdir", type=Path, default=None, help="reuse caches built here by an earlier run")
     a = p.parse_args(argv)
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
     print(f"data: {dcfg['kind']} {len(ids)} images; cache built in {time.perf_counter() - t:.1f}s (untimed)")
 
     sub = _Subset(ds, ids)
-    base_cfg = {"augment": {"crop_size": a.crop}, "cpm": {"start_epoch": 0, "prompt_cam": a.prompt_cam},
+    cpm = {"start_epoch": 0, "prompt_cam": a.prompt_cam, **({"batching": a.batching} if a.batching else {})}
+    base_cfg = {"augment": {"crop_size": a.crop}, "cpm": cpm,
                 "ssc": {"size": a.ssc_size}}
     data = CAMTrainDataset(sub, base_cfg["augment"], EmbeddingReader(emb), SEMapReader(se), seed=0)
     batches = [collate([data[i] for i in range(k, k + a.batch_size)]) for k in range(0, n, a.batch_size)]
