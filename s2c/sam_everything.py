@@ -12,7 +12,7 @@ Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``s
 ``impl`` (fast | stock), ``points_per_side`` (32), ``points_per_batch`` (64), ``pred_iou_thresh``
 (0.88), ``stability_score_thresh`` (0.95), ``stability_score_offset`` (1.0), ``box_nms_thresh``
 (0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
-``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (256),
+``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (None: 256 on GPU, 4 on CPU),
 ``shared_decoder`` (True), ``reuse_embedding`` (True: decode from ``--embed-store``, the
 :mod:`s2c.sam_embed` part store of the same split and part, instead of encoding each image again;
 recorded in the store identity because fp16 embeddings shift a few mask borders).
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .config import merge_section
 from .errors import S2CError, cli_main
 from .sam.cache import EmbeddingReader, PartWriter, make_identity
-from .sam.everything import everything_settings, resolve_everything_cfg, se_map
+from .sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
 from .sam_embed import (
     RANDOM_CHECKPOINT,
     add_part_args,
@@ -85,7 +85,7 @@ def run_sam_everything(
         sam, checkpoint_sha256 = load_sam(cfg, weights_dir, str(resolve_device(device)))
     identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, everything_settings(ev), ds.image_list_hash())
     embeddings = None
-    if ev["impl"] == "fast" and ev["reuse_embedding"]:
+    if decodes_cached_embedding(ev):
         if embed_store is None:
             raise S2CError("sam.everything.reuse_embedding is true: pass --embed-store (the sam_embed store of "
                            "this split and part) or set sam.everything.reuse_embedding: false")

@@ -97,6 +97,13 @@ def resolve_everything_cfg(cfg: dict | None) -> dict:
     return cfg
 
 
+def decodes_cached_embedding(cfg: dict | None) -> bool:
+    """Whether segment-everything reads the embedding cache (the fast generator with
+    ``reuse_embedding``) rather than encoding each image itself."""
+    cfg = resolve_everything_cfg(cfg)
+    return cfg["impl"] == "fast" and bool(cfg["reuse_embedding"])
+
+
 def everything_settings(cfg: dict | None) -> dict:
     """The settings that determine the SE maps (recorded in the store identity)."""
     cfg = resolve_everything_cfg(cfg)

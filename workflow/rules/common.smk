@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from s2c.config import resolve_sections
 from s2c.errors import S2CError
-from s2c.sam.everything import resolve_everything_cfg
+from s2c.sam.everything import decodes_cached_embedding
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE
 
 # Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
@@ -82,8 +82,7 @@ def sam_everything_cfg():
 
 def se_embed_store(wc):
     """The embedding part store segment-everything decodes from (sam.everything.reuse_embedding)."""
-    ev = resolve_everything_cfg(SAM["everything"])
-    if ev["impl"] == "fast" and ev["reuse_embedding"]:
+    if decodes_cached_embedding(SAM["everything"]):
         return [f"{CACHE}/{wc.split}/embed.part{wc.part}.zarr"]
     return []
 
