@@ -37,11 +37,16 @@ def _random_se(B, H, W, n, seed):
     return small.repeat_interleave(4, 1).repeat_interleave(4, 2)
 
 
-@pytest.mark.parametrize("T,unassigned", [(0.5, False), (1.0, False), (0.5, True)])
-def test_ssc_matches_loop_values_and_grads(T, unassigned):
+@pytest.mark.parametrize("T,unassigned,fsize,size", [
+    (0.5, False, (6, 6), (24, 24)), (1.0, False, (6, 6), (24, 24)), (0.5, True, (6, 6), (24, 24)),
+    (0.5, False, (6, 7), (25, 31)),  # non-integer ratios, different per axis
+    (1.0, True, (9, 9), (8, 12)),  # features larger than the SE map along y
+    (0.5, False, (1, 5), (12, 20)),  # a single feature row
+])
+def test_ssc_matches_loop_values_and_grads(T, unassigned, fsize, size):
     torch.manual_seed(0)
-    feats = torch.randn(2, 8, 6, 6, requires_grad=True)
-    se = _random_se(2, 24, 24, 5, seed=1)
+    feats = torch.randn(2, 8, *fsize, requires_grad=True)
+    se = _random_se(2, 28, 32, 5, seed=1)[:, :size[0], :size[1]]
     se[1][se[1] == 3] = 7  # non-contiguous ids
     a = ssc_loss(feats, se, T, unassigned_prototype=unassigned)
     ga, = torch.autograd.grad(a, feats)
