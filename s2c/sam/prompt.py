@@ -22,12 +22,14 @@ exact, the reference path, but slower on GPU (H100, MobileSAM, 20 prompts of 1�
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -138,22 +140,75 @@ def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Ten
 
 def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SAM's ``Attention.forward`` with an optional key mask (B, N_k) bool, True = attend."""
-    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
-    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
-    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    """SAM's ``Attention.forward`` with an optional key mask (B, N_k) bool, True = attend.
+
+    q, k, v may have batch 1 where the others have B: projected once, then broadcast.
+    """
+    b = max(q.shape[0], k.shape[0], v.shape[0])
+    q, k, v = (attn._separate_heads(proj(x), attn.num_heads).expand(b, -1, -1, -1)
+               for proj, x in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v)))
     mask = None if key_mask is None else key_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # default scale = 1/sqrt(c_head), as SAM
     return attn.out_proj(attn._recombine_heads(out))
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last dim (a handful of tokens): ~6× faster on CPU than torch.softmax there."""
+    e = (x - x.amax(-1, keepdim=True)).exp_()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SAM's ``Attention.forward`` for a few token queries over the image, reassociated.
+
+    q (B, N, C) tokens; k, v (1|B, X, C) image (X = 64·64). SAM projects all X keys and values
+    (X·C·C/2 each); here the queries go through the key projection instead (qW_k)·k, and the
+    attention-weighted image through the value projection (p·v)W_v: the same products in another
+    order, ~2.3× fewer operations per prompt. The key bias adds a constant per query row, which the
+    softmax removes; the value bias passes through because attention weights sum to 1.
+    """
+    nh = attn.num_heads
+    ch = attn.internal_dim // nh
+    b, n, c = q.shape
+    qh = attn._separate_heads(attn.q_proj(q), nh)  # (B, nh, N, ch)
+    qk = torch.einsum("bhnc,hcd->bhnd", qh, attn.k_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
+    p = torch.softmax(qk.reshape(b, nh * n, c) @ k.transpose(1, 2), dim=-1)  # (B, nh·N, X)
+    pv = (p @ v).view(b, nh, n, c)
+    out = torch.einsum("bhnd,hcd->bhnc", pv, attn.v_proj.weight.view(nh, ch, c)) + attn.v_proj.bias.view(nh, 1, ch)
+    return attn.out_proj(attn._recombine_heads(out))
+
+
+def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     key_mask: torch.Tensor) -> torch.Tensor:
+    """SAM's ``Attention.forward`` for image queries over a few tokens, reassociated.
+
+    q (1|B, X, C) image; k, v (B, N, C) tokens; key_mask (B, N) bool, True = attend. The query and
+    output projections are folded into per-token matrices (N·C each) instead of being applied to
+    all X image positions; the query bias becomes a per-key score offset.
+    """
+    nh = attn.num_heads
+    ch = attn.internal_dim // nh
+    b, n, c = k.shape
+    kh = attn._separate_heads(attn.k_proj(k), nh)  # (B, nh, N, ch)
+    kq = torch.einsum("bhnc,hcd->bhnd", kh, attn.q_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
+    kb = torch.einsum("bhnc,hc->bhn", kh, attn.q_proj.bias.view(nh, ch)) / math.sqrt(ch)
+    scores = q @ kq.reshape(b, nh * n, c).transpose(1, 2) + kb.reshape(b, 1, nh * n)  # (B, X, nh·N)
+    scores = scores.view(b, -1, nh, n).masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    p = _softmax(scores).view(b, -1, nh * n)
+    vh = attn._separate_heads(attn.v_proj(v), nh)  # (B, nh, N, ch)
+    vo = torch.einsum("bhnc,dhc->bhnd", vh, attn.out_proj.weight.view(c, nh, ch))  # (B, nh, N, C)
+    return p @ vo.reshape(b, nh * n, c) + attn.out_proj.bias
 
 
 def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
                     tokens: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayTransformer.forward`` where masked tokens are never attended to.
 
-    image (B,C,h,w), image_pe (B,C,h,w), tokens (B,N,C), key_mask (B,N) → tokens (B,N,C),
+    image (1|B,C,h,w), image_pe (1|B,C,h,w), tokens (B,N,C), key_mask (B,N) → tokens (B,N,C),
     image (B,h*w,C). Masked tokens still get outputs, but nothing reads them, so every prompt is
-    computed exactly as if it had been decoded alone.
+    computed exactly as if it had been decoded alone (to float rounding: the cross attentions are
+    reassociated, see :func:`_tokens_to_image`). With a batch-1 image (all prompts on one
+    embedding) the first layer's image side is shared by all prompts.
     """
     keys = image.flatten(2).permute(0, 2, 1)
     key_pe = image_pe.flatten(2).permute(0, 2, 1)
@@ -166,13 +221,28 @@ def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.
             queries = queries + _attend(layer.self_attn, q, q, queries, key_mask)
         queries = layer.norm1(queries)
         q, k = queries + query_pe, keys + key_pe
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys))
+        queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, k, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
         q, k = queries + query_pe, keys + key_pe
-        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, q, queries, key_mask))
+        keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, k, q, queries, key_mask))
     q, k = queries + query_pe, keys + key_pe
-    queries = tf.norm_final_attn(queries + _attend(tf.final_attn_token_to_image, q, k, keys))
+    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, q, k, keys))
     return queries, keys
+
+
+def _upscale(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """SAM's ``output_upscaling`` in channels-last memory: x (B, C, h, w) → (B, C/8, 4h, 4w).
+
+    SAM's LayerNorm2d normalises over channels with five separate passes over an NCHW tensor; in
+    channels-last layout the same normalisation is one ``layer_norm`` call (~3× faster on CPU).
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    for m in layers:
+        if isinstance(m, LayerNorm2d):
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), m.weight, m.bias, m.eps).permute(0, 3, 1, 2)
+        else:
+            x = m(x)
+    return x
 
 
 def _decode_masked(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,13 +258,16 @@ def _decode_masked(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: to
     # Keep output tokens, real points and SAM's own trailing "not a point" token; drop our padding.
     key_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     key_mask[:, len(out_tokens): len(out_tokens) + labels.shape[1]] = labels >= 0
-    src = emb.expand(b, -1, -1, -1) + dense
-    pos = sam.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+    # no mask prompts: dense is the same no-mask embedding for every prompt, so keep batch 1
+    src = emb + dense[:1]
+    pos = sam.prompt_encoder.get_dense_pe()
     hs, src = _two_way_masked(dec.transformer, src, pos, tokens, key_mask)
+    src = src.expand(b, -1, -1)
     _, c, h, w = emb.shape
-    up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    up = _upscale(dec.output_upscaling, src.reshape(b, h, w, c).permute(0, 3, 1, 2))  # (B, C', 4h, 4w)
     hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-    masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])
+    masks = (up.permute(0, 2, 3, 1).reshape(b, -1, up.shape[1]) @ hyper.transpose(1, 2))  # (B, 16hw, 4)
+    masks = masks.transpose(1, 2).reshape(b, -1, *up.shape[-2:])
     iou = dec.iou_prediction_head(hs[:, 0])
     return masks[:, 1:], iou[:, 1:]  # SAM's multimask outputs (index 0 is the single-mask output)
 
