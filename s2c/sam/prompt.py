@@ -220,11 +220,11 @@ def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.
             q = queries + query_pe
             queries = queries + _attend(layer.self_attn, q, q, queries, key_mask)
         queries = layer.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, k, keys))
+        k = keys + key_pe  # keys only change at norm4: SAM's second keys + key_pe is this one
+        queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, k, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, k, q, queries, key_mask))
+        out = _image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries, key_mask)
+        keys = layer.norm4(out.add_(keys))
     q, k = queries + query_pe, keys + key_pe
     queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, q, k, keys))
     return queries, keys
