@@ -255,3 +255,13 @@ def test_cls_loss():
     logits = torch.tensor([[10.0, -10.0]])
     assert cls_loss(logits, torch.tensor([[1.0, 0.0]])).item() < 1e-3
     assert cls_loss(logits, torch.tensor([[0.0, 1.0]])).item() > 5
+
+
+@pytest.mark.parametrize("radius", [1, 2, 7, 20, 40])
+def test_sliding_max_equals_max_pool(radius):
+    from s2c.losses.cpm import _sliding_max
+
+    x = torch.randn(3, 37, 50, generator=torch.Generator().manual_seed(radius))
+    k = 2 * radius + 1
+    ref = F.max_pool2d(F.pad(x[:, None], (radius,) * 4, value=float("-inf")), k, 1)[:, 0]
+    assert torch.equal(_sliding_max(_sliding_max(x, radius, -1), radius, -2), ref)
