@@ -181,3 +181,16 @@ def test_mobile_sam_one_point_recovers_real_instances(mobile_sam, coco_mini_root
         iou = (pred & gt).sum() / (pred | gt).sum()
         assert iou > 0.5, f"image {iid}: IoU {iou:.2f}"
         assert (far & gt).sum() / gt.sum() < 0.5, f"image {iid}: corner prompt covers the instance"
+
+
+def test_many_point_prompt_equals_predictor(encoded, tiny_sam):
+    """A 14-point prompt (beside a 1-point one) takes SAM's own attention order; same results."""
+    img, emb, input_size, pred = encoded
+    rng = np.random.default_rng(3)
+    many = np.stack([rng.uniform(0, 150, 14), rng.uniform(0, 90, 14)], 1)
+    prompts = [many, POINTS[0]]
+    logits, iou = decode_prompts(tiny_sam, emb, prompts, img.shape[:2], input_size, "all")
+    for b, p in enumerate(prompts):
+        masks, scores, _ = pred.predict(p, np.ones(len(p)), multimask_output=True, return_logits=True)
+        np.testing.assert_allclose(logits[b].numpy(), masks, atol=1e-4)
+        np.testing.assert_allclose(iou[b].numpy(), scores, atol=1e-5)

@@ -165,11 +165,14 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
     (X·C·C/2 each); here the queries go through the key projection instead (qW_k)·k, and the
     attention-weighted image through the value projection (p·v)W_v: the same products in another
     order, ~2.3× fewer operations per prompt. The key bias adds a constant per query row, which the
-    softmax removes; the value bias passes through because attention weights sum to 1.
+    softmax removes; the value bias passes through because attention weights sum to 1. Past
+    nh·N > internal_dim tokens (prompts of more than ~10 points) SAM's order is cheaper and is used.
     """
     nh = attn.num_heads
     ch = attn.internal_dim // nh
     b, n, c = q.shape
+    if nh * n > attn.internal_dim:  # many tokens: SAM's own order is the cheaper one
+        return _attend(attn, q, k, v)
     qh = attn._separate_heads(attn.q_proj(q), nh)  # (B, nh, N, ch)
     qk = torch.einsum("bhnc,hcd->bhnd", qh, attn.k_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
     p = torch.softmax(qk.reshape(b, nh * n, c) @ k.transpose(1, 2), dim=-1)  # (B, nh·N, X)
@@ -184,11 +187,14 @@ def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
 
     q (1|B, X, C) image; k, v (B, N, C) tokens; key_mask (B, N) bool, True = attend. The query and
     output projections are folded into per-token matrices (N·C each) instead of being applied to
-    all X image positions; the query bias becomes a per-key score offset.
+    all X image positions; the query bias becomes a per-key score offset. SAM's order past
+    nh·N > internal_dim tokens, as in :func:`_tokens_to_image`.
     """
     nh = attn.num_heads
     ch = attn.internal_dim // nh
     b, n, c = k.shape
+    if nh * n > attn.internal_dim:  # many tokens: SAM's own order is the cheaper one
+        return _attend(attn, q, k, v, key_mask)
     kh = attn._separate_heads(attn.k_proj(k), nh)  # (B, nh, N, ch)
     kq = torch.einsum("bhnc,hcd->bhnd", kh, attn.q_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
     kb = torch.einsum("bhnc,hc->bhn", kh, attn.q_proj.bias.view(nh, ch)) / math.sqrt(ch)
@@ -197,7 +203,7 @@ def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
     p = _softmax(scores).view(b, -1, nh * n)
     vh = attn._separate_heads(attn.v_proj(v), nh)  # (B, nh, N, ch)
     vo = torch.einsum("bhnc,dhc->bhnd", vh, attn.out_proj.weight.view(c, nh, ch))  # (B, nh, N, C)
-    return p @ vo.reshape(b, nh * n, c) + attn.out_proj.bias
+    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c), p, vo.reshape(b, nh * n, c))
 
 
 def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
