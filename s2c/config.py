@@ -14,6 +14,36 @@ from typing import Any, Callable
 from .errors import S2CError
 
 
+def coerce_scalar(default: Any, value: Any) -> Any:
+    """A string that stands for a number, boolean or null becomes one, where the default is not a string.
+
+    ``snakemake --config 'cam={seed: 1}'`` hands nested values over as strings ("1"): Snakemake
+    parses them with YAML's BaseLoader. Parsed again here with the safe loader, against the type
+    of the default (lists element by element), so the command line means what the config file does.
+    """
+    if isinstance(value, list):
+        return [coerce_scalar(default[0] if isinstance(default, list) and default else None, v) for v in value]
+    if isinstance(value, dict):
+        d = default if isinstance(default, dict) else {}
+        return {k: coerce_scalar(d.get(k), v) for k, v in value.items()}
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:  # YAML 1.1 reads "2e-3" as a string
+            return int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            pass
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, (bool, int, float)) or parsed is None:
+        return parsed
+    return value
+
+
 def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=frozenset(),
                   recurse: bool = False, opaque=frozenset()) -> dict:
     """``cfg`` over ``defaults`` (the one merge every stage uses); an unknown key raises S2CError
@@ -35,7 +65,7 @@ def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=froz
         sub = defaults[k]
         if recurse and isinstance(sub, dict) and isinstance(v, dict) and k not in opaque:
             v = merge_section(sub, v, f"{section}.{k}", recurse=True, opaque=opaque)
-        out[k] = v
+        out[k] = coerce_scalar(sub, v)
     return out
 
 

@@ -111,6 +111,22 @@ def test_normalize_cams():
     assert same[0, 0].max() == pytest.approx(1.0, abs=1e-3) and same[1, 1].max() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_normalize_cams_equals_all_class_version_with_grads():
+    """Only present classes are upsampled; values and gradients equal the all-class formula."""
+    torch.manual_seed(0)
+    cams = torch.randn(4, 20, 8, 8, requires_grad=True)
+    labels = (torch.rand(4, 20) < 0.2).float()
+    labels[0] = 0  # an image without labels
+    a = F.relu(cams)
+    a = F.interpolate(a / (F.adaptive_max_pool2d(a, 1) + 1e-5), (64, 48), mode="bilinear", align_corners=False)
+    ref = a * labels[:, :, None, None]
+    out = normalize_cams(cams, labels, (64, 48))
+    w = torch.randn_like(ref)
+    g_out, = torch.autograd.grad((out * w).sum(), cams)
+    g_ref, = torch.autograd.grad((ref * w).sum(), cams)
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(g_out, g_ref, atol=1e-6)
+
+
 def test_multiscale_prompt_cams_shape_and_norm():
     conv = torch.nn.Conv2d(3, 2, 1)
     imgs = torch.randn(1, 3, 32, 32)

@@ -28,10 +28,14 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, size: tuple[int, in
     Returns:
         (B, C, H, W) in [0, 1]; absent classes are 0. Differentiable.
     """
-    a = F.relu(cams)
-    a = a / (F.adaptive_max_pool2d(a, 1) + 1e-5)
-    a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-    return a * labels[:, :, None, None].to(a.dtype)
+    B, C = cams.shape[:2]
+    bi, ci = (labels > 0.5).nonzero(as_tuple=True)
+    a = F.relu(cams[bi, ci])  # (P, h, w): absent classes are zero anyway, so only present ones are upsampled
+    a = a / (a.flatten(1).max(1).values[:, None, None] + 1e-5)
+    a = F.interpolate(a[None], size=size, mode="bilinear", align_corners=False)[0]
+    out = a.new_zeros(B, C, *size)
+    out[bi, ci] = a * labels[bi, ci, None, None].to(a.dtype)
+    return out
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import coerce_scalar
 from ..errors import S2CError
 from .backbones import Backbone, build_backbone
 
@@ -78,7 +79,7 @@ def cfg_get(cfg: dict, defaults: dict, section: str) -> dict:
     out = dict(defaults)
     for k in defaults:
         if k in cfg and cfg[k] is not None:
-            out[k] = cfg[k]
+            out[k] = coerce_scalar(defaults[k], cfg[k])
     for k in ("output_stride", "feat_dim"):
         if k in out and (isinstance(out[k], bool) or not isinstance(out[k], int)):
             raise S2CError(f"config key {section}.{k} must be an integer, got {out[k]!r}")
