@@ -207,11 +207,13 @@ def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
 
 
 def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
-                    tokens: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    tokens: torch.Tensor, key_mask: torch.Tensor,
+                    n_read: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayTransformer.forward`` where masked tokens are never attended to.
 
     image (1|B,C,h,w), image_pe (1|B,C,h,w), tokens (B,N,C), key_mask (B,N) → tokens (B,N,C),
-    image (B,h*w,C). Masked tokens still get outputs, but nothing reads them, so every prompt is
+    image (B,h*w,C); with ``n_read`` only the first n_read tokens come out (the others' final update
+    is skipped). Masked tokens still get outputs, but nothing reads them, so every prompt is
     computed exactly as if it had been decoded alone (to float rounding: the cross attentions are
     reassociated, see :func:`_tokens_to_image`). With a batch-1 image (all prompts on one
     embedding) the first layer's image side is shared by all prompts.
@@ -231,6 +233,8 @@ def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.
         queries = layer.norm3(queries + layer.mlp(queries))
         out = _image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries, key_mask)
         keys = layer.norm4(out.add_(keys))
+    # the final attention only updates tokens; only the first n_read (SAM's output tokens) are read
+    queries, query_pe = queries[:, :n_read], query_pe[:, :n_read]
     q, k = queries + query_pe, keys + key_pe
     queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, q, k, keys))
     return queries, keys
@@ -267,7 +271,7 @@ def _decode_masked(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: to
     # no mask prompts: dense is the same no-mask embedding for every prompt, so keep batch 1
     src = emb + dense[:1]
     pos = sam.prompt_encoder.get_dense_pe()
-    hs, src = _two_way_masked(dec.transformer, src, pos, tokens, key_mask)
+    hs, src = _two_way_masked(dec.transformer, src, pos, tokens, key_mask, n_read=len(out_tokens))
     src = src.expand(b, -1, -1)
     _, c, h, w = emb.shape
     up = _upscale(dec.output_upscaling, src.reshape(b, h, w, c).permute(0, 3, 1, 2))  # (B, C', 4h, 4w)
