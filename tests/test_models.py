@@ -194,7 +194,9 @@ def test_freeze_stem_and_param_groups():
 
 def test_classifier_cfg_errors():
     with pytest.raises(S2CError, match="cam.output_stride"):
-        build_classifier({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": "8"}, 3)
+        build_classifier({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": "eight"}, 3)
+    # "8" is how snakemake --config 'cam={output_stride: 8}' hands it over: it means 8
+    assert build_classifier({"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": "8"}, 3) is not None
     with pytest.raises(S2CError, match="cam.pretrained"):
         build_classifier({"backbone": "efficientnet_lite0", "pretrained": 1}, 3)
     with pytest.raises(S2CError, match="weights directory"):
