@@ -71,7 +71,7 @@ def caches(synthetic_voc, tmp_path_factory):
 # ------------------------------------------------------------------------------------ config
 def test_resolve_cfg_defaults_ablations_and_errors():
     cfg = tc.resolve_cfg({})
-    assert cfg["lr"] == 0.02 and cfg["ssc"]["temperature"] == 0.5 and cfg["cpm"]["prompt_cam"] == "step"
+    assert cfg["lr"] == 0.02 and cfg["ssc"]["temperature"] == 0.5 and cfg["cpm"]["prompt_cam"] == "multiscale" and cfg["cpm"]["scales"] == [1.0, 2.0]
     assert tc.resolve_cfg({"backbone": "resnet50"})["backbone"] == "resnet50"  # model keys pass through
     base = tc.resolve_cfg({"ablation": "baseline"})
     assert not base["ssc"]["enabled"] and not base["cpm"]["enabled"]
@@ -270,8 +270,8 @@ def test_multiscale_prompt_cam_is_used(caches, fake_sam):
     model = tiny_model()
     with torch.no_grad():
         model.classifier.weight.abs_()
-    a = tc.compute_losses(model, batch, cfg, None, True)
-    b = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_cam": "multiscale"}}, None, True)
+    a = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_cam": "step"}}, None, True)
+    b = tc.compute_losses(model, batch, cfg, None, True)  # the default: multiscale
     assert a["loss_cls"] == b["loss_cls"] and a["loss_cpm"] != b["loss_cpm"]
     assert model.training
 
