@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--output-stride", type=int, default=32)
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
-    p.add_argument("--prompt-cam", default="step", choices=["step", "multiscale"])
+    p.add_argument("--prompt-cam", default=None, choices=["step", "multiscale"],
+                   help="cam.cpm.prompt_cam (default: the trainer's, multiscale at cam.cpm.scales)")
     p.add_argument("--batching", default=None, choices=["pad", "group"], help="cam.cpm.batching (default: the trainer's)")
     p.add_argument("--ssc-size", type=int, default=None, help="cam.ssc.size (default: the crop, as the paper)")
     p.add_argument("--workdir", type=Path, default=None, help="reuse caches built here by an earlier run")
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     print(f"data: {dcfg['kind']} {len(ids)} images; cache built in {time.perf_counter() - t:.1f}s (untimed)")
 
     sub = _Subset(ds, ids)
-    cpm = {"start_epoch": 0, "prompt_cam": a.prompt_cam, **({"batching": a.batching} if a.batching else {})}
+    cpm = {"start_epoch": 0, **({"prompt_cam": a.prompt_cam} if a.prompt_cam else {}),
+           **({"batching": a.batching} if a.batching else {})}
     base_cfg = {"augment": {"crop_size": a.crop}, "cpm": cpm,
                 "ssc": {"size": a.ssc_size}}
     data = CAMTrainDataset(sub, base_cfg["augment"], EmbeddingReader(emb), SEMapReader(se), seed=0)
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
         p.error(f"--modes: unknown mode in {a.modes!r}")
     res = {m: run(m) for m in modes}
     print(f"{a.backbone} os{a.output_stride}, batch {a.batch_size}, {a.crop}² crops, SAM {a.sam}, "
-          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam}, ssc.size {a.ssc_size}")
+          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, ssc.size {a.ssc_size}")
     print(f"{'mode':10s} {'mean step s':>12s} {'min':>8s} {'max':>8s}")
     for m, ts in res.items():
         print(f"{m:10s} {statistics.mean(ts):12.3f} {min(ts):8.3f} {max(ts):8.3f}")
