@@ -20,6 +20,8 @@ Exact up to float rounding (tests compare loss and gradients with the literal pe
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,13 @@ import torch.nn.functional as F
 # than -inf so an image without any segment cannot produce NaN through the ignored targets, and
 # small enough in magnitude to survive fp16 autocast.
 _ABSENT = -1.0e4
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_taps(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype):
+    """(W (n_out, n_in), i0, i1, a, b) of one axis; a handful of crop/feature sizes per run, so cached."""
+    wm = _bilinear_matrix(n_in, n_out, device, dtype)
+    return (wm, *_row_taps(wm))
 
 
 def _bilinear_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
@@ -78,9 +87,8 @@ def ssc_loss(feats: torch.Tensor, se: torch.Tensor, temperature: float = 0.5,
     B, D, h, w = f.shape
     H, W = se.shape[-2:]
     K = int(idx.max()) + 1
-    wy = _bilinear_matrix(h, H, f.device, f.dtype)  # (H, h)
-    wx = _bilinear_matrix(w, W, f.device, f.dtype)  # (W, w)
-    i0, i1, a, b = _row_taps(wy)
+    _, i0, i1, a, b = _bilinear_taps(h, H, f.device, f.dtype)  # row taps of the (H, h) matrix
+    wx = _bilinear_taps(w, W, f.device, f.dtype)[0]  # (W, w)
 
     # ‖U·F‖² per crop pixel: columns first (D × h × W), then the two row taps of each crop row
     fx = torch.einsum("bdiw,Xw->bdiX", f, wx)  # (B, D, h, W)
