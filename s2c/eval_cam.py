@@ -22,7 +22,8 @@ from tqdm import tqdm
 from .errors import S2CError, cli_main
 from .config import merge_section
 from .infer_cam import CAMStore, parse_json_arg
-from .metrics import DEFAULT_THRESHOLDS, ThresholdSearch, with_background, write_metrics
+from .metrics import (DEFAULT_THRESHOLDS, FloorSearch, ThresholdSearch, floor_verdict, with_background,
+                      write_metrics)
 
 DEFAULTS: dict = {
     "thresholds": list(DEFAULT_THRESHOLDS),
@@ -55,11 +56,13 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
     store.check_covers(ds.ids, ds.class_names, split)
     names = with_background(ds.class_names)
     search = ThresholdSearch(len(names), thresholds)
+    floors = FloorSearch(len(names), thresholds)
     try:
         for image_id in tqdm(ds.ids, desc=f"eval_cam {split}", disable=not progress):
             gt = gt_mask(ds, image_id)
             c, k = store.get(image_id)
             search.add(c, k, gt)
+            floors.add(k, gt)
     finally:
         store.close()
     if search.n_images == 0:
@@ -67,7 +70,12 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
     t, cm, mious = search.best()
     curve = {f"{th:g}": (None if not np.isfinite(m) else round(100 * float(m), 4))
              for th, m in zip(thresholds, mious)}
-    result = write_metrics(out, cm, names, threshold=t, n_images=search.n_images, miou_by_threshold=curve)
+    from .metrics import metrics_dict
+
+    floor = floors.result()
+    above, _ = floor_verdict(metrics_dict(cm, names)["miou"], floor)
+    result = write_metrics(out, cm, names, threshold=t, n_images=search.n_images, miou_by_threshold=curve,
+                           floors=floor, above_floor=above)
     if bar is not None:
         from .figures import plot_iou_bars
 
@@ -89,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate_cams(a.cams, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out,
                       parse_json_arg(a.cfg, "--cfg"), a.bar, progress=not a.no_progress)
     print(f"CAM mIoU {r['miou']} at threshold {r['threshold']:g} over {r['n_images']} images")
+    from .metrics import floor_verdict
+
+    print(floor_verdict(r["miou"], r["floors"])[1])
     return 0
 
 

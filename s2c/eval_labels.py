@@ -22,7 +22,7 @@ from .errors import S2CError, cli_main
 from .eval_cam import gt_mask
 from .infer_cam import parse_json_arg
 from .io import read_label_png
-from .metrics import confusion_matrix, with_background, write_metrics
+from .metrics import FloorSearch, confusion_matrix, floor_verdict, metrics_dict, with_background, write_metrics
 
 
 def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Path,
@@ -38,6 +38,7 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
     names = with_background(ds.class_names)
     K = len(names)
     cm = np.zeros((K, K), np.int64)
+    floors = FloorSearch(K)  # the model-free priors, given the image labels (threshold searched)
     for image_id in tqdm(ds.ids, desc=f"eval_labels {split}", disable=not progress):
         gt = gt_mask(ds, image_id)
         path = pred / f"{image_id}.png"
@@ -49,9 +50,12 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
             cm += confusion_matrix(p, gt, K)
         except S2CError as e:
             raise S2CError(f"{path}: {e}") from None
+        floors.add(np.flatnonzero(ds.labels(image_id)), gt)
     if not ds.ids:
         raise S2CError(f"split {split!r} has no images to evaluate; check data.root and the image list")
-    result = write_metrics(out, cm, names, n_images=len(ds.ids))
+    floor = floors.result()
+    above, _ = floor_verdict(metrics_dict(cm, names)["miou"], floor)
+    result = write_metrics(out, cm, names, n_images=len(ds.ids), floors=floor, above_floor=above)
     if bar is not None:
         from .figures import plot_iou_bars
 
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate_labels(a.pred, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out, a.bar,
                         progress=not a.no_progress)
     print(f"mIoU {r['miou']} over {r['n_images']} images")
+    print(floor_verdict(r['miou'], r['floors'])[1])
     return 0
 
 

@@ -142,6 +142,63 @@ class ThresholdSearch:
         return float(self.thresholds[j]), cms[j], mious
 
 
+#: Model-free predictors scored as sanity floors next to every CAM / pseudo-label evaluation: a
+#: classifier below them has not learned to localise yet (issue 10).
+FLOOR_KINDS: tuple[str, ...] = ("centre_prior", "all_labelled")
+
+
+def prior_cams(kind: str, num_labelled: int, shape: tuple[int, int]) -> np.ndarray:
+    """The CAMs of a model-free predictor: float32 (k, H, W), the same map for each labelled class.
+
+    ``centre_prior``: a Gaussian centred on the image, σ = a third of each side, peak 1.
+    ``all_labelled``: 1 everywhere (every labelled class on every pixel).
+    With identical maps the arg-max picks the first labelled class, as for tied CAMs.
+    """
+    h, w = shape
+    if kind == "centre_prior":
+        y = (np.arange(h, dtype=np.float32) + 0.5 - h / 2) / (h / 3)
+        x = (np.arange(w, dtype=np.float32) + 0.5 - w / 2) / (w / 3)
+        m = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).astype(np.float32)
+    elif kind == "all_labelled":
+        m = np.ones((h, w), np.float32)
+    else:
+        raise S2CError(f"unknown sanity floor {kind!r}; use one of {list(FLOOR_KINDS)}")
+    return np.broadcast_to(m, (num_labelled, h, w))
+
+
+class FloorSearch:
+    """:class:`ThresholdSearch` of each model-free predictor in :data:`FLOOR_KINDS`, fed the same
+    (labels, GT) as the model under test, so the floors use the very same threshold search."""
+
+    def __init__(self, num_classes: int, thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> None:
+        self.searches = {k: ThresholdSearch(num_classes, thresholds) for k in FLOOR_KINDS}
+
+    def add(self, classes: np.ndarray, gt: np.ndarray) -> None:
+        """classes: int (k,) the image's labelled foreground classes; gt: uint8 (H, W)."""
+        classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+        for kind, search in self.searches.items():
+            search.add(prior_cams(kind, classes.size, gt.shape), classes, gt)
+
+    def result(self) -> dict[str, dict]:
+        """{kind: {"miou": percent, "threshold": t}} at each floor's own best threshold."""
+        out = {}
+        for kind, search in self.searches.items():
+            t, cm, _ = search.best()
+            out[kind] = {"miou": _percent(miou_from_confusion(cm)), "threshold": t}
+        return out
+
+
+def floor_verdict(miou: float | None, floors: dict[str, dict]) -> tuple[bool, str]:
+    """(above every floor?, one line for the log) for a result in percent."""
+    parts = ", ".join(f"{k} {v['miou']}" for k, v in floors.items())
+    best = max((v["miou"] for v in floors.values() if v["miou"] is not None), default=None)
+    above = miou is not None and (best is None or miou > best)
+    if above:
+        return True, f"mIoU {miou} is above the model-free floors ({parts})"
+    return False, (f"WARNING: mIoU {miou} is NOT above the model-free floors ({parts}): "
+                   "the model has not learned to localise yet (train longer / check the schedule)")
+
+
 def _percent(x: float) -> float | None:
     return None if not math.isfinite(x) else round(100.0 * float(x), 4)
 

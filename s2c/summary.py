@@ -40,10 +40,15 @@ def stage_times(bench_dir: Path) -> list[tuple[str, float]]:
 
 
 def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) -> str:
-    lines = [f"{'metric':<24} {'mIoU %':>8}  {'extra'}", "-" * 48]
+    lines = [f"{'metric':<24} {'mIoU %':>8} {'floor %':>8}  {'extra'}", "-" * 64]
     for key, m in metrics.items():
-        extra = f"bg threshold {m['threshold']:.2f}" if m.get("threshold") is not None else ""
-        lines.append(f"{ROWS.get(key, key):<24} {m['miou']:>8.2f}  {extra}")
+        extra = [f"bg threshold {m['threshold']:.2f}"] if m.get("threshold") is not None else []
+        # The floor column: the centre prior, a model-free predictor under the same threshold search.
+        centre = (m.get("floors") or {}).get("centre_prior", {}).get("miou")
+        floor = f"{centre:>8.2f}" if centre is not None else f"{'':>8}"
+        if m.get("above_floor") is False:
+            extra.append("BELOW a model-free floor")
+        lines.append(f"{ROWS.get(key, key):<24} {m['miou']:>8.2f} {floor}  {'; '.join(extra)}")
     if times:
         lines += ["", f"{'stage':<32} {'wall s':>8}", "-" * 41]
         lines += [f"{name:<32} {sec:>8.1f}" for name, sec in times]
@@ -59,6 +64,10 @@ def write_tsv(metrics: dict[str, dict], out: Path) -> None:
         for c in names:
             w.writerow([c, *("" if m["iou"].get(c) is None else f"{m['iou'][c]:.2f}" for m in metrics.values())])
         w.writerow(["mIoU", *(f"{m['miou']:.2f}" for m in metrics.values())])
+        for kind in ("centre_prior", "all_labelled"):
+            vals = [(m.get("floors") or {}).get(kind, {}).get("miou") for m in metrics.values()]
+            if any(v is not None for v in vals):
+                w.writerow([f"floor: {kind}", *("" if v is None else f"{v:.2f}" for v in vals)])
 
 
 @cli_main

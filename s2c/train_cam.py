@@ -20,7 +20,8 @@ key                       default     meaning
 epochs                    6           paper 6 (reference code 40)
 batch_size                8           per process
 lr                        0.02        base LR (backbone); new layers get ``lr_mult_new`` ×
-lr_mult_new               10.0        LR multiplier of the from-scratch layers (reference 10×)
+lr_mult_new               1.0         LR multiplier of the from-scratch layers (reference 1×: its
+                                      ``from_scratch_layers`` is empty, METHOD.md §2)
 weight_decay              5e-4
 momentum                  0.0         SGD momentum (the reference's PolyOptimizer passes none)
 poly_power                0.9         poly LR decay power
@@ -41,7 +42,12 @@ ssc.size                  null        side at which SSC is computed: null = the 
 ssc.weight                1.0
 cpm.enabled               true        L_CPM on
 cpm.start_epoch           1           first (0-based) epoch with L_CPM (paper: off for the first epoch;
-                                      reference code 2)
+                                      reference code 2); used when the two keys below are null
+cpm.start_step            null        first optimizer step with L_CPM (overrides start_epoch); the paper
+                                      waits ≈ 1.3k steps (one VOC epoch), the reference ≈ 2.6k
+cpm.start_fraction        null        first step with L_CPM as a fraction of the whole schedule (paper
+                                      ≈ 1/6): a small dataset then never switches CPM on after a few
+                                      dozen steps. At most one of start_step / start_fraction
 cpm.prompt_cam            multiscale  ``multiscale``: no-grad eval-mode CAMs at ``cpm.scales``, summed (the
                                       reference's prompting CAM); ``step``: this step's CAMs, detached
                                       (cheapest, but −1.8 CAM mIoU on coco-mini, see README)
@@ -69,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -92,7 +99,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 6,
     "batch_size": 8,
     "lr": 0.02,
-    "lr_mult_new": 10.0,
+    "lr_mult_new": 1.0,
     "weight_decay": 5e-4,
     "momentum": 0.0,
     "poly_power": 0.9,
@@ -105,7 +112,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "size": None,
             "weight": 1.0},
     "cpm": {
-        "enabled": True, "start_epoch": 1, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
+        "enabled": True, "start_epoch": 1, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
         "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
@@ -159,7 +166,25 @@ def resolve_cfg(cfg: dict | None) -> dict:
     for k in ("epochs", "batch_size"):
         if not isinstance(out[k], int) or out[k] < 1:
             raise S2CError(f"cam.{k} must be a positive integer, got {out[k]!r}")
+    cpm = out["cpm"]
+    if cpm["start_step"] is not None and cpm["start_fraction"] is not None:
+        raise S2CError("cam.cpm.start_step and cam.cpm.start_fraction are both set; keep one (the other null)")
+    if cpm["start_step"] is not None and (not isinstance(cpm["start_step"], int) or cpm["start_step"] < 0):
+        raise S2CError(f"cam.cpm.start_step must be an integer >= 0 or null, got {cpm['start_step']!r}")
+    if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
+                                                  and 0 <= cpm["start_fraction"] <= 1):
+        raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
     return {**out, **model}
+
+
+def cpm_start_step(cpm: dict, steps_per_epoch: int, total_steps: int) -> int:
+    """The first optimizer step (0-based) that trains with L_CPM: ``start_step`` if set, else
+    ``ceil(start_fraction × total_steps)``, else ``start_epoch × steps_per_epoch``."""
+    if cpm["start_step"] is not None:
+        return int(cpm["start_step"])
+    if cpm["start_fraction"] is not None:
+        return int(math.ceil(float(cpm["start_fraction"]) * total_steps - 1e-9))
+    return int(cpm["start_epoch"]) * steps_per_epoch
 
 
 # ----------------------------------------------------------------------------------------- CPM
@@ -311,6 +336,12 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
                         persistent_workers=False)
     steps_per_epoch, epochs = len(loader), cfg["epochs"]
     total = steps_per_epoch * epochs
+    cpm_from = cpm_start_step(cfg["cpm"], steps_per_epoch, total)
+    if cfg["cpm"]["enabled"]:
+        log.info("L_CPM from step %d of %d (%d steps per epoch)", cpm_from, total, steps_per_epoch)
+        if cpm_from >= total:
+            log.warning("cam.cpm starts at step %d but the schedule has only %d steps: CPM never runs",
+                        cpm_from, total)
 
     ckpt = tu.Checkpointer(out)
     # Resume only a run over the same config and inputs (a killed job); a job rerun because its
@@ -339,9 +370,9 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
             break
         sampler.set_epoch(epoch)
         data.set_epoch(epoch)
-        use_cpm = cfg["cpm"]["enabled"] and epoch >= cfg["cpm"]["start_epoch"]
         for batch in tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{epochs}", disable=not (progress and tu.is_main())):
             t0 = time.perf_counter()
+            use_cpm = cfg["cpm"]["enabled"] and step >= cpm_from
             for g in opt.param_groups:
                 g["lr"] = tu.poly_lr(cfg["lr"], step, total, cfg["poly_power"]) * g["lr_mult"]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -374,10 +405,16 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
             tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"])
         with atomic_path(final) as tmp:
             torch.save({"model": tu.unwrap(model).state_dict(), "cam_cfg": cfg, "num_classes": C,
-                        "class_set": ds.class_set}, tmp)
+                        "class_set": ds.class_set, "input_norm": _input_norm(tu.unwrap(model))}, tmp)
     tu.barrier()
     tu.ddp_cleanup()
     return final if finished else None
+
+
+def _input_norm(net) -> dict | None:
+    """The backbone's input normalisation, recorded in model.pt (None for a model without one)."""
+    norm = getattr(getattr(net, "backbone", None), "input_norm", None)
+    return norm() if callable(norm) else None
 
 
 def _collate():

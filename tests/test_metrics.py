@@ -147,3 +147,65 @@ def test_summary_tsv_puts_metrics_side_by_side(tmp_path):
     assert rows[0] == ["class", "CAM (train)", "segmentation (val)"]
     assert rows[2] == ["aeroplane", "20.00", "10.00"] and rows[3] == ["bicycle", "", ""]
     assert rows[-1] == ["mIoU", "50.00", "40.00"]
+
+
+# ---------------------------------------------------------------------------- sanity floors
+def test_prior_cams_shapes_and_values():
+    from s2c.metrics import prior_cams
+
+    c = prior_cams("centre_prior", 2, (9, 15))
+    assert c.shape == (2, 9, 15) and np.allclose(c[0], c[1])
+    assert c[0].argmax() == np.ravel_multi_index((4, 7), (9, 15)) and c.max() <= 1.0
+    # σ = a third of each side: one σ from the centre along x is exp(-1/2)
+    big = prior_cams("centre_prior", 1, (300, 300))[0]
+    assert abs(big[150, 150 + 100] / big[150, 150] - np.exp(-0.5)) < 0.02
+    assert (prior_cams("all_labelled", 3, (4, 5)) == 1).all()
+    with pytest.raises(S2CError, match="unknown sanity floor"):
+        prior_cams("nope", 1, (2, 2))
+
+
+def test_floor_search_centre_prior_on_centred_object():
+    """A centred square object: the centre prior at its best threshold covers it well; putting the
+    object in a corner drops the floor; ``all_labelled`` equals predicting the class everywhere."""
+    from s2c.metrics import FloorSearch
+
+    gt = np.zeros((60, 60), np.uint8)
+    gt[20:40, 20:40] = 3
+    fs = FloorSearch(5)
+    fs.add(np.array([2]), gt)
+    r = fs.result()
+    assert r["centre_prior"]["miou"] > 60
+    fg = (gt == 3).mean()
+    assert r["all_labelled"]["miou"] == pytest.approx(100 * fg / 2, abs=1e-3)  # bg IoU 0, class IoU = area share
+    corner = np.zeros((60, 60), np.uint8)
+    corner[:15, :15] = 3
+    fs2 = FloorSearch(5)
+    fs2.add(np.array([2]), corner)
+    assert fs2.result()["centre_prior"]["miou"] < r["centre_prior"]["miou"]
+
+
+def test_floor_verdict_flags_results_below_the_floor():
+    from s2c.metrics import floor_verdict
+
+    floors = {"centre_prior": {"miou": 16.1, "threshold": 0.3}, "all_labelled": {"miou": 11.4, "threshold": 0.05}}
+    ok, msg = floor_verdict(30.0, floors)
+    assert ok and "above" in msg
+    bad, msg = floor_verdict(12.0, floors)
+    assert not bad and "NOT above" in msg and "16.1" in msg
+
+
+def test_summary_shows_floor_and_below_floor_mark(tmp_path, capsys):
+    import json
+
+    from s2c.summary import main
+
+    m = {"miou": 10.0, "iou": {"background": 50.0, "cat": 5.0}, "threshold": 0.3,
+         "floors": {"centre_prior": {"miou": 16.1, "threshold": 0.3}, "all_labelled": {"miou": 11.4, "threshold": 0.05}},
+         "above_floor": False}
+    p = tmp_path / "cam_train.json"
+    p.write_text(json.dumps(m))
+    tsv = tmp_path / "s.tsv"
+    main([str(p), "--tsv", str(tsv)])
+    out = capsys.readouterr().out
+    assert "16.10" in out and "BELOW a model-free floor" in out
+    assert "floor: centre_prior\t16.10" in tsv.read_text()

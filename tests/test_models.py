@@ -10,6 +10,7 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from s2c.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from s2c.errors import S2CError
 from s2c.models import CAMClassifier, DeepLab, build_backbone, build_classifier, build_deeplab, freeze_bn
 from s2c.models.classifier import EvalBatchNorm2d
@@ -103,7 +104,10 @@ def test_effnet_os32_matches_package_model(effnet_file, weights_dir):
     b = build_backbone("efficientnet_lite0", True, 32, weights_dir).eval()
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        torch.testing.assert_close(b(x), ref.extract_features(x))
+        # the backbone takes ImageNet-normalised input and re-maps it to the Lite weights' (x-127)/128
+        raw = x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        torch.testing.assert_close(b(x), ref.extract_features((raw * 255 - 127) / 128), atol=1e-4, rtol=1e-4)
+        assert b.input_norm() == {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
 
 
 def test_pretrained_path_roundtrip_and_mismatch(tmp_path):

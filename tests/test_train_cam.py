@@ -295,11 +295,37 @@ def _csv(p):
         return list(csv.DictReader(f))
 
 
+def test_cpm_start_step_fraction_and_epoch():
+    cpm = tc.resolve_cfg({})["cpm"]
+    assert tc.cpm_start_step(cpm, steps_per_epoch=27, total_steps=135) == 27  # start_epoch 1
+    assert tc.cpm_start_step({**cpm, "start_step": 500}, 27, 135) == 500
+    assert tc.cpm_start_step({**cpm, "start_fraction": 1 / 6}, 1322, 7932) == 1322
+    assert tc.cpm_start_step({**cpm, "start_fraction": 0.5}, 10, 101) == 51
+    assert tc.resolve_cfg({"cpm": {"start_step": "40"}})["cpm"]["start_step"] == 40  # --config strings
+    with pytest.raises(S2CError, match="both set"):
+        tc.resolve_cfg({"cpm": {"start_step": 3, "start_fraction": 0.2}})
+    with pytest.raises(S2CError, match="start_fraction"):
+        tc.resolve_cfg({"cpm": {"start_fraction": 1.5}})
+    with pytest.raises(S2CError, match="start_step"):
+        tc.resolve_cfg({"cpm": {"start_step": -1}})
+
+
+def test_cpm_switches_on_at_start_step_mid_epoch(caches, tmp_path, fake_sam):
+    """start_step counts optimizer steps: with 2 steps per epoch, step 3 is mid-epoch 1."""
+    _run(caches, tmp_path / "s", cfg=_cfg(epochs=3, cpm={"start_step": 3, "min_distance": 4, "threshold": 0.3}))
+    rows = _csv(tmp_path / "s" / "losses.csv")
+    assert [float(r["loss_cpm"]) > 0 for r in rows] == [False, False, False, True, True, True]
+
+
+def test_lr_mult_new_defaults_to_the_reference_1x():
+    assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
+
+
 def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeypatch, fake_sam):
     full = _run(caches, tmp_path / "a")
     assert full == tmp_path / "a" / "model.pt"
     m = torch.load(full, weights_only=False)
-    assert set(m) == {"model", "cam_cfg", "num_classes", "class_set"} and m["num_classes"] == 20
+    assert set(m) == {"model", "cam_cfg", "num_classes", "class_set", "input_norm"} and m["num_classes"] == 20
     assert m["class_set"] == "voc20" and m["cam_cfg"]["cpm"]["start_epoch"] == 1
     rows = _csv(tmp_path / "a" / "losses.csv")
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]

@@ -122,10 +122,10 @@ class CAMClassifier(nn.Module):
         return self.backbone.output_stride
 
     def new_modules(self) -> list[nn.Module]:
-        """Layers trained from scratch (10× learning rate in the reference)."""
+        """Layers trained from scratch (``cam.lr_mult_new`` × the base LR; 1× in the reference)."""
         return [self.proj, self.classifier]
 
-    def param_groups(self, lr_mult_new: float = 10.0) -> list[dict]:
+    def param_groups(self, lr_mult_new: float = 1.0) -> list[dict]:
         """Trainable parameters split for the optimizer.
 
         Returns ``[{"name": "backbone", "params": [...], "lr_mult": 1.0},

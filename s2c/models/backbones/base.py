@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import S2CError
 
 
@@ -33,6 +34,26 @@ class Backbone(nn.Module):
     low_channels: int
     output_stride: int
     head_prefixes: tuple[str, ...] = ()
+    #: The per-channel mean / std (0..1 units) the backbone's weights were trained with. The data
+    #: pipeline always normalises with ImageNet's (s2c.data.transforms.normalize); a backbone whose
+    #: weights expect another convention re-maps its input in :meth:`adapt_input`, so one image
+    #: tensor serves every backbone and SAM (which denormalises it) alike.
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
+
+    def input_norm(self) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}``: recorded in model.pt beside the weights."""
+        return {"mean": list(self.input_mean), "std": list(self.input_std)}
+
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,3,H,W) normalised with ImageNet mean/std → normalised with this backbone's."""
+        if self.input_mean == IMAGENET_MEAN and self.input_std == IMAGENET_STD:
+            return x
+        src_m, src_s = x.new_tensor(IMAGENET_MEAN), x.new_tensor(IMAGENET_STD)
+        dst_m, dst_s = x.new_tensor(self.input_mean), x.new_tensor(self.input_std)
+        scale = (src_s / dst_s).view(1, 3, 1, 1)
+        shift = ((src_m - dst_m) / dst_s).view(1, 3, 1, 1)
+        return x * scale + shift
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B,3,H,W) → {"low": (B,low_channels,~H/4,~W/4), "out": (B,out_channels,~H/os,~W/os)}."""

@@ -35,6 +35,10 @@ class EfficientNetLite0(Backbone):
     """
 
     head_prefixes = ("_fc.",)
+    # The Lite weights were trained on (x - 127) / 128 of 0..255 pixels (TF's MEAN_RGB / STDDEV_RGB
+    # for the Lite family), not ImageNet mean/std.
+    input_mean = (127.0 / 255.0,) * 3
+    input_std = (128.0 / 255.0,) * 3
 
     def __init__(self, output_stride: int = 32, drop_connect_rate: float = 0.2) -> None:
         super().__init__()
@@ -74,7 +78,7 @@ class EfficientNetLite0(Backbone):
         return [self._conv_stem, self._bn0, self._blocks[0]]
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.act(self._bn0(self._conv_stem(x)))
+        x = self.act(self._bn0(self._conv_stem(self.adapt_input(x))))
         low = None
         n = len(self._blocks)
         for i, block in enumerate(self._blocks):
