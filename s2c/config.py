@@ -9,6 +9,8 @@ defining those keys. :func:`resolve_sections` runs each stage's own resolver so 
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import S2CError
@@ -91,4 +93,156 @@ def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
         if not isinstance(cfg, dict):
             raise S2CError(f"config section {section!r} must be a mapping, got {type(cfg).__name__}")
         out[section] = resolve(cfg)
+    check_augment(out["cam"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# workflow-level schema: coercion of command-line strings, then validation with one-line errors
+# ---------------------------------------------------------------------------------------------
+
+#: The workflow config schema (also what ``workflow/Snakefile`` validates against).
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+_NULL_WORDS = ("null", "Null", "NULL", "~", "")
+_BOOL_WORDS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+def _types(schema: dict) -> list[str]:
+    t = schema.get("type")
+    if t is None:
+        return []
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _coerce_by_schema(value: Any, schema: dict) -> Any:
+    """A string that stands for the number / boolean / null the schema asks for becomes one.
+
+    ``snakemake --config 'sam={parts: 2}'`` hands nested values over as strings (YAML BaseLoader);
+    the same line in a config file gives an int. Where the schema also allows strings (e.g.
+    ``sam.checkpoint: [string, null]``), only the words ``null`` / ``true`` / ``false`` are
+    converted. Containers are converted element by element, in place for dicts.
+    """
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k in list(value):
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[k] = _coerce_by_schema(value[k], sub)
+        return value
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_coerce_by_schema(v, items) for v in value] if isinstance(items, dict) else value
+    if not isinstance(value, str):
+        return value
+    types = _types(schema)
+    if "null" in types and value in _NULL_WORDS:
+        return None
+    if "boolean" in types and value in _BOOL_WORDS:
+        return _BOOL_WORDS[value]
+    if "string" in types:
+        return value
+    if "integer" in types:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if "array" in types or "object" in types:
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(parsed, (list, dict)):
+            return _coerce_by_schema(parsed, schema)
+    return value
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _schema_error_line(err) -> str:
+    """One line for a jsonschema ValidationError: the key, the bad value, what is allowed."""
+    key, v, inst, sch = _key(err.absolute_path), err.validator, err.instance, err.schema
+    if v == "additionalProperties":
+        known = sorted(sch.get("properties", {}))
+        unknown = sorted(set(inst) - set(known)) if isinstance(inst, dict) else []
+        where = f"{key}." if err.absolute_path else ""
+        section = f"the {key} section" if err.absolute_path else "the top level"
+        return (f"unknown config key(s) {', '.join(where + str(u) for u in unknown)} in {section}; "
+                f"known keys: {', '.join(known)} (a typo? see workflow/schemas/config.schema.yaml)")
+    if v == "required":
+        where = f"section {key}" if err.absolute_path else "top level"
+        return f"config {where} is missing the required key {err.message.split(' is a ')[0]}"
+    if v == "type":
+        want = " or ".join(_types(sch))
+        return f"config key {key} = {inst!r} must be of type {want}"
+    if v == "enum":
+        return f"config key {key} = {inst!r}; use one of {sch['enum']}"
+    if v == "pattern":
+        return (f"config key {key} = {inst!r} has characters it may not hold (allowed: regex {sch['pattern']}); "
+                "rename it")
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
+              "minItems": "items >=", "maxItems": "items <="}
+    if v in bounds:
+        return f"config key {key} = {inst!r} must be {bounds[v]} {err.validator_value}"
+    msg = err.message if len(err.message) < 200 else err.message[:200] + "…"
+    return f"config key {key}: {msg}"
+
+
+def validate_config(config: dict, schema_path: str | os.PathLike | None = None) -> dict:
+    """Coerce command-line strings, fill schema defaults and validate ``config`` in place.
+
+    Raises S2CError with one line naming the first bad key (path ``section.key``) and the fix —
+    not the schema dump Snakemake's ``validate`` prints. Returns ``config``.
+    """
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+
+    schema = yaml.safe_load(open(schema_path or SCHEMA_PATH))
+    _coerce_by_schema(config, schema)
+    props_validator = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(prop, copy.deepcopy(sub["default"]))
+        yield from props_validator(validator, properties, instance, sch)
+
+    Validator = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    errors = list(Validator(schema).iter_errors(config))
+    if errors:
+        # the shallowest error first (a wrong section type before what it would hide), then file order
+        errors.sort(key=lambda e: len(e.absolute_path))
+        more = f" (+{len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise S2CError(_schema_error_line(errors[0]) + more)
+    return config
+
+
+def check_augment(cam_cfg: dict) -> dict:
+    """``cam.augment`` (passed whole to :class:`s2c.data.transforms.TrainAugment`) checked at
+    DAG-build time: unknown keys and bad values name ``cam.augment.<key>``."""
+    from .data.transforms import AUG_DEFAULTS, TrainAugment
+
+    aug = cam_cfg.get("augment") or {}
+    if not isinstance(aug, dict):
+        raise S2CError(f"config key cam.augment must be a mapping of augmentation keys, got {aug!r}")
+    merged = merge_section(AUG_DEFAULTS, aug, "cam.augment")
+    try:
+        TrainAugment(merged)
+    except S2CError as e:
+        raise S2CError(f"config cam.augment: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise S2CError(f"config cam.augment = {aug!r} is malformed ({e}); see s2c.data.transforms.AUG_DEFAULTS") from None
+    return merged
