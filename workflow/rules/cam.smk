@@ -23,8 +23,8 @@ rule train_cam:
         sam=as_json({k: SAM[k] for k in ("model_type", "checkpoint")}),
         split=SPLITS["train"],
         out=lambda wc, output: os.path.dirname(output.model),
-        embed=lambda wc, input: f"--embed-manifest {input.embed}" if input.embed else "",
-        se=lambda wc, input: f"--se-manifest {input.se}" if input.se else "",
+        embed=lambda wc, input: flag_args("--embed-manifest", input.embed),
+        se=lambda wc, input: flag_args("--se-manifest", input.se),
     conda:
         "../../environment.yml"
     log:
@@ -37,9 +37,9 @@ rule train_cam:
         mem_mb=16000,
         runtime=1440,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split}"
-        " {params.embed} {params.se} --out {params.out} --weights-dir {params.weights}"
-        " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split:q}"
+        " {params.embed:q} {params.se:q} --out {params.out:q} --weights-dir {params.weights:q}"
+        " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule infer_cam:
@@ -48,6 +48,8 @@ rule infer_cam:
         images=split_list("{split}"),
     output:
         f"{RESULTS}/cams/{{split}}.h5",
+    wildcard_constraints:
+        split=SPLIT_RE,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
@@ -64,9 +66,9 @@ rule infer_cam:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model} --data-cfg {params.data:q}"
-        " --split {wildcards.split} --out {output} --cfg {params.cfg:q}"
-        " --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model:q} --data-cfg {params.data:q}"
+        " --split {wildcards.split:q} --out {output:q} --cfg {params.cfg:q}"
+        " --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
 
 
 rule eval_cam:
@@ -95,5 +97,5 @@ rule eval_cam:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m s2c.eval_cam --cams {input.cams} --data-cfg {params.data:q} --split {params.split}"
-        " --out {output.metrics} --cfg {params.cfg:q} --bar {output.bar} > {log} 2>&1"
+        "python -m s2c.eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
+        " --out {output.metrics:q} --cfg {params.cfg:q} --bar {output.bar:q} > {log:q} 2>&1"

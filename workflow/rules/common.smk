@@ -21,6 +21,9 @@ PARTS = list(range(SAM["parts"]))
 SPLITS = config["splits"]
 # The cache depends on the data and the SAM model only, so runs (baseline, S2C, ablations) share it.
 CACHE = f"cache/{config['dataset']}/{SAM['model_type']}"
+# What the wildcards of the cache and CAM rules may hold (the schema constrains split names to
+# the same pattern): never a path separator or a shell character.
+SPLIT_RE = "[A-Za-z0-9_.-]+"
 
 
 def as_json(obj):
@@ -30,6 +33,13 @@ def as_json(obj):
 
 
 DATA_CFG = as_json(config["data"])
+
+
+def flag_args(flag, paths):
+    """``[flag, path, ...]`` for an optional input (``[]`` when absent): a list, so a rule's
+    ``{params.x:q}`` quotes each element and no path reaches the shell unquoted."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    return [flag, *paths] if paths else []
 
 # Stage sections over their modules' defaults: unknown keys fail here, before any job starts.
 try:
@@ -73,11 +83,11 @@ def backbone_weights(section):
 
 
 def sam_embed_cfg():
-    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt")})
+    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt", "num_workers")})
 
 
 def sam_everything_cfg():
-    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "skip_corrupt", "everything")})
+    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "skip_corrupt", "num_workers", "everything")})
 
 
 def se_embed_store(wc):

@@ -26,9 +26,9 @@ if config["synthetic"]["enabled"]:
             mem_mb=2000,
             runtime=10,
         shell:
-            "python -m s2c.data.synthetic --root {params.root} --n-train {params.n_train}"
-            " --n-val {params.n_val} --size {params.size} --seed {params.seed}"
-            " > {log} 2>&1"
+            "python -m s2c.data.synthetic --root {params.root:q} --n-train {params.n_train:q}"
+            " --n-val {params.n_val:q} --size {params.size:q} --seed {params.seed:q}"
+            " > {log:q} 2>&1"
 
 
 rule fetch_mobile_sam:
@@ -46,7 +46,7 @@ rule fetch_mobile_sam:
         mem_mb=1000,
         runtime=20,
     shell:
-        "python -m s2c.weights --weights-dir {params.weights} --mobile-sam > {log} 2>&1"
+        "python -m s2c.weights --weights-dir {params.weights:q} --mobile-sam > {log:q} 2>&1"
 
 
 rule fetch_efficientnet_lite0:
@@ -64,4 +64,4 @@ rule fetch_efficientnet_lite0:
         mem_mb=1000,
         runtime=20,
     shell:
-        "python -m s2c.weights --weights-dir {params.weights} --efficientnet-lite0 > {log} 2>&1"
+        "python -m s2c.weights --weights-dir {params.weights:q} --efficientnet-lite0 > {log:q} 2>&1"

@@ -24,8 +24,8 @@ rule figure_cams:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m s2c.figures cams --cams {input.cams} --data-cfg {params.data:q}"
-        " --split {params.split} --n {params.n} --out {output} > {log} 2>&1"
+        "python -m s2c.figures cams --cams {input.cams:q} --data-cfg {params.data:q}"
+        " --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_labels:
@@ -56,5 +56,5 @@ rule figure_labels:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m s2c.figures labels --pred {input.pred} --title {wildcards.kind}"
-        " --data-cfg {params.data:q} --split {params.split} --n {params.n} --out {output} > {log} 2>&1"
+        "python -m s2c.figures labels --pred {input.pred:q} --title {wildcards.kind:q}"
+        " --data-cfg {params.data:q} --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"

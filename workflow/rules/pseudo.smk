@@ -12,7 +12,7 @@ rule pseudo_labels:
         data=DATA_CFG,
         cfg=as_json(config["pseudo"]),
         split=SPLITS["train"],
-        se=lambda wc, input: f"--se-manifest {input.se}" if input.se else "",
+        se=lambda wc, input: flag_args("--se-manifest", input.se),
     conda:
         "../../environment.yml"
     log:
@@ -24,9 +24,9 @@ rule pseudo_labels:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m s2c.pseudo_labels --cams {input.cams} --threshold-json {input.threshold}"
-        " --data-cfg {params.data:q} --split {params.split} --out {output} --cfg {params.cfg:q}"
-        " {params.se} > {log} 2>&1"
+        "python -m s2c.pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
+        " --data-cfg {params.data:q} --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
+        " {params.se:q} > {log:q} 2>&1"
 
 
 rule eval_pseudo:
@@ -54,5 +54,5 @@ rule eval_pseudo:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m s2c.eval_labels --pred {input.pred} --data-cfg {params.data:q}"
-        " --split {params.split} --out {output.metrics} --bar {output.bar} > {log} 2>&1"
+        "python -m s2c.eval_labels --pred {input.pred:q} --data-cfg {params.data:q}"
+        " --split {params.split:q} --out {output.metrics:q} --bar {output.bar:q} > {log:q} 2>&1"

@@ -8,6 +8,9 @@ rule sam_embed:
         ckpt=sam_checkpoint(),
     output:
         directory(f"{CACHE}/{{split}}/embed.part{{part}}.zarr"),
+    wildcard_constraints:
+        split=SPLIT_RE,
+        part="[0-9]+",
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
@@ -25,9 +28,9 @@ rule sam_embed:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split}"
-        " --part {wildcards.part} --parts {params.parts} --out {output}"
-        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split:q}"
+        " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
+        " --weights-dir {params.weights:q} --cfg {params.cfg:q} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule sam_everything:
@@ -37,13 +40,16 @@ rule sam_everything:
         embed=se_embed_store,
     output:
         directory(f"{CACHE}/{{split}}/se.part{{part}}.zarr"),
+    wildcard_constraints:
+        split=SPLIT_RE,
+        part="[0-9]+",
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
         data=DATA_CFG,
         cfg=sam_everything_cfg(),
         parts=len(PARTS),
-        embed=lambda wc, input: f"--embed-store {input.embed}" if input.embed else "",
+        embed=lambda wc, input: flag_args("--embed-store", input.embed),
     conda:
         "../../environment.yml"
     log:
@@ -55,9 +61,9 @@ rule sam_everything:
         mem_mb=8000,
         runtime=720,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split}"
-        " --part {wildcards.part} --parts {params.parts} --out {output}"
-        " --weights-dir {params.weights} --cfg {params.cfg:q} --device {params.device} {params.embed} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split:q}"
+        " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
+        " --weights-dir {params.weights:q} --cfg {params.cfg:q} --device {params.device:q} {params.embed:q} > {log:q} 2>&1"
 
 
 rule sam_cache_join:
@@ -66,6 +72,7 @@ rule sam_cache_join:
     output:
         f"{CACHE}/{{split}}/{{kind}}.json",
     wildcard_constraints:
+        split=SPLIT_RE,
         kind="embed|se",
     conda:
         "../../environment.yml"
@@ -77,4 +84,4 @@ rule sam_cache_join:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m s2c.sam_cache join --kind {wildcards.kind} --parts {input} --out {output} > {log} 2>&1"
+        "python -m s2c.sam_cache join --kind {wildcards.kind:q} --parts {input:q} --out {output:q} > {log:q} 2>&1"

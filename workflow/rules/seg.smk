@@ -32,9 +32,9 @@ rule train_seg:
         mem_mb=16000,
         runtime=1440,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split}"
-        " --labels {input.labels} --out {params.out} --cfg {params.cfg:q}"
-        " --weights-dir {params.weights} --device {params.device} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split:q}"
+        " --labels {input.labels:q} --out {params.out:q} --cfg {params.cfg:q}"
+        " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule eval_seg:
@@ -61,6 +61,6 @@ rule eval_seg:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model} --data-cfg {params.data:q}"
-        " --split {params.split} --out-json {output.metrics} --out-dir {output.pred}"
-        " --cfg {params.cfg:q} --device {params.device} --weights-dir {params.weights} > {log} 2>&1"
+        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
+        " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
+        " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
