@@ -1,0 +1,113 @@
+"""The paper's ablation tables from a set of runs (``python -m s2c.ablation_table``).
+
+One line per (row, seed): the CAM mIoU of that run's classifier, its model-free floor (centre
+prior), optionally its pseudo-label and segmentation mIoU, the number of optimizer steps it trained,
+and the paper's VOC number for the row (Tables 1 / 2) beside ours. Written as a TSV (the Snakemake
+report renders it) and printed as a table.
+
+Usage::
+
+    python -m s2c.ablation_table --runs results/x/ablations/baseline/seed0 ... --out ablations.tsv \\
+        [--command "snakemake ablations ..."]
+
+Each run folder holds ``metrics/cam_train.json`` (eval_cam), ``cam/losses.csv`` (train_cam) and,
+when evaluated, ``metrics/pseudo_train.json`` / ``metrics/seg_val.json``. A folder's last two path
+parts are ``<row>/seed<N>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+from pathlib import Path
+
+from .errors import S2CError, cli_main
+from .io import atomic_path
+from .metrics import read_metrics
+from .train_cam import ABLATIONS, PAPER_VOC_CAM
+
+COLUMNS = ("row", "seed", "steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
+           "commit", "command")
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """Short commit of the working tree (``+dirty`` with uncommitted changes); "" outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return rev + ("+dirty" if dirty else "")
+
+
+def _steps(losses_csv: Path) -> int | None:
+    if not losses_csv.is_file():
+        return None
+    with open(losses_csv, newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
+def run_row(run: Path, commit: str, command: str) -> dict:
+    """The table line of one run folder ``.../<row>/seed<N>``."""
+    m = re.fullmatch(r"seed(\d+)", run.name)
+    row = run.parent.name
+    if m is None or row not in ABLATIONS:
+        raise S2CError(f"{run}: expected a folder <row>/seed<N> with <row> one of {sorted(ABLATIONS)}")
+    cam = read_metrics(run / "metrics" / "cam_train.json")
+    opt = {k: (read_metrics(p)["miou"] if (p := run / "metrics" / f"{k}.json").is_file() else None)
+           for k in ("pseudo_train", "seg_val")}
+    return {"row": row, "seed": int(m.group(1)), "steps": _steps(run / "cam" / "losses.csv"),
+            "cam_miou": cam["miou"], "floor_miou": (cam.get("floors") or {}).get("centre_prior", {}).get("miou"),
+            "pseudo_miou": opt["pseudo_train"], "seg_miou": opt["seg_val"],
+            "paper_voc_cam": PAPER_VOC_CAM.get(row), "commit": commit, "command": command}
+
+
+def write_table(rows: list[dict], out: str | Path) -> None:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
+
+
+def format_table(rows: list[dict]) -> str:
+    """Per-row lines plus the mean over seeds of each row (CAM mIoU and its gain over the baseline)."""
+    head = f"{'row':<16} {'seed':>4} {'steps':>6} {'CAM':>7} {'floor':>7} {'pseudo':>7} {'seg':>7} {'paper VOC':>9}"
+    lines = [head, "-" * len(head)]
+    fmt = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'':>7}"  # noqa: E731
+    for r in rows:
+        lines.append(f"{r['row']:<16} {r['seed']:>4} {r['steps'] if r['steps'] is not None else '':>6} "
+                     f"{fmt(r['cam_miou'])} {fmt(r['floor_miou'])} {fmt(r['pseudo_miou'])} {fmt(r['seg_miou'])} "
+                     f"{'' if r['paper_voc_cam'] is None else r['paper_voc_cam']:>9}")
+    means = {}
+    for r in rows:
+        means.setdefault(r["row"], []).append(r["cam_miou"])
+    base = sum(means["baseline"]) / len(means["baseline"]) if "baseline" in means else None
+    lines += ["", f"{'row':<16} {'seeds':>5} {'mean CAM':>9} {'vs baseline':>12}"]
+    for row, v in means.items():
+        mean = sum(v) / len(v)
+        gain = f"{mean - base:+12.2f}" if base is not None else f"{'':>12}"
+        lines.append(f"{row:<16} {len(v):>5} {mean:9.2f} {gain}")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s2c.ablation_table", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders <row>/seed<N>")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.add_argument("--command", default="", help="the command that made the runs (recorded per line)")
+    a = p.parse_args(argv)
+    commit = git_commit()
+    rows = [run_row(r, commit, a.command) for r in a.runs]
+    write_table(rows, a.out)
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""`snakemake ablations`: the DAG of the paper's ablation rows, and the table stage."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from s2c import ablation_table as at
+from s2c.errors import S2CError
+from test_workflow import REPO, smk
+
+
+def _jobs(text: str) -> dict[str, int]:
+    """rule → job count from a dry run's job-stats table."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+
+
+def test_ablation_dag_rows_seeds_and_shared_cache(tmp_path):
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "2", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config", "ablations={rows: [baseline, ssc_feature, s2c], seeds: [0, 1], pseudo: true}")
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_train_cam"] == 6 and jobs["ablation_eval_cam"] == 6
+    assert jobs["ablation_pseudo_labels"] == 6 and jobs["ablation_eval_pseudo"] == 6
+    assert jobs["sam_embed"] == 1 and jobs["sam_everything"] == 1  # one cache for every row
+    assert jobs["ablations"] == 1 and "train_seg" not in jobs
+    text = out.stdout
+    for row in ("baseline", "ssc_feature", "s2c"):
+        for seed in (0, 1):
+            assert f"results/demo/ablations/{row}/seed{seed}/cam/model.pt" in text
+
+
+def test_ablation_baseline_needs_no_sam_cache(tmp_path):
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "2", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config", "ablations={rows: [baseline]}", "pseudo={refine: none}")
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_train_cam"] == 1 and "sam_everything" not in jobs and "sam_embed" not in jobs
+
+
+def test_ablation_unknown_row_fails_before_any_job(tmp_path):
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "1", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config", "ablations={rows: [baselin]}", check=False)
+    assert out.returncode != 0 and "baselin" in out.stdout + out.stderr
+
+
+def _fake_run(root, row, seed, cam, floor, pseudo=None, steps=5):
+    d = root / row / f"seed{seed}"
+    (d / "metrics").mkdir(parents=True)
+    (d / "cam").mkdir()
+    (d / "metrics" / "cam_train.json").write_text(json.dumps(
+        {"miou": cam, "iou": {}, "floors": {"centre_prior": {"miou": floor, "threshold": 0.3}}}))
+    if pseudo is not None:
+        (d / "metrics" / "pseudo_train.json").write_text(json.dumps({"miou": pseudo, "iou": {}}))
+    (d / "cam" / "losses.csv").write_text("step,loss\n" + "".join(f"{i},1.0\n" for i in range(steps)))
+    return d
+
+
+def test_ablation_table_columns_means_and_paper(tmp_path, capsys):
+    runs = [_fake_run(tmp_path, "baseline", 0, 20.0, 16.0, steps=7), _fake_run(tmp_path, "baseline", 1, 22.0, 16.0),
+            _fake_run(tmp_path, "s2c", 0, 30.0, 16.0, pseudo=33.0), _fake_run(tmp_path, "s2c", 1, 28.0, 16.0)]
+    out = tmp_path / "t.tsv"
+    at.main(["--runs", *map(str, runs), "--out", str(out), "--command", "snakemake ablations"])
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert [r["row"] for r in rows] == ["baseline", "baseline", "s2c", "s2c"]
+    assert set(at.COLUMNS) == set(rows[0]) and rows[0]["steps"] == "7" and rows[0]["floor_miou"] == "16.0"
+    assert rows[2]["pseudo_miou"] == "33.0" and rows[3]["pseudo_miou"] == ""
+    assert rows[0]["paper_voc_cam"] == "50.1" and rows[2]["paper_voc_cam"] == "76.1"
+    assert rows[0]["command"] == "snakemake ablations"
+    printed = capsys.readouterr().out
+    assert re.search(r"s2c\s+2\s+29\.00\s+\+8\.00", printed)  # mean 29 vs baseline mean 21
+
+
+def test_ablation_table_rejects_foreign_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(S2CError, match="seed<N>"):
+        at.run_row(tmp_path / "x", "", "")
