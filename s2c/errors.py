@@ -34,6 +34,17 @@ def os_error_message(e: OSError) -> str:
     return f"{where}: {e.strerror or e}; {_OS_HINTS.get(e.errno, 'check the path')}"
 
 
+def one_line(message: str) -> str:
+    """The user's message of an S2CError, also when a torch DataLoader worker raised it: PyTorch
+    re-raises it in the parent as ``S2CError("Caught S2CError in DataLoader worker ...\nOriginal
+    Traceback ...\ns2c.errors.S2CError: <message>")``; only ``<message>`` is for the user."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    tag = f"{S2CError.__module__}.{S2CError.__qualname__}: "
+    last = [ln for ln in message.splitlines() if ln.startswith(tag)]
+    return last[-1][len(tag):] if last else message.splitlines()[-1]
+
+
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Decorate a stage's ``main(argv=None)``: S2CError, or an OSError from the file system
     (unwritable output folder, full disk), → one line on stderr naming the path, exit code 2."""
@@ -43,7 +54,7 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
         try:
             rc = fn(*args, **kwargs)
         except S2CError as e:
-            print(f"s2c: error: {e}", file=sys.stderr)
+            print(f"s2c: error: {one_line(str(e))}", file=sys.stderr)
             raise SystemExit(2)
         except OSError as e:
             if e.errno not in _OS_HINTS:

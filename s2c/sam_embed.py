@@ -136,7 +136,8 @@ def open_part(data_cfg: dict, split: str, part: int, parts: int):
 
 def handle_corrupt(writer: PartWriter, i: int, err: str, skip: bool) -> None:
     if not skip:
-        raise S2CError(f"{err} (set sam.skip_corrupt: true to skip such images)")
+        raise S2CError(f"{err}; replace or remove the image, or set data.skip_corrupt: true to drop unreadable "
+                       "images from the split (every stage then skips them)")
     log.warning("skipping %s: %s", writer.ids[i], err)
     writer.write_skipped(i, err)
 

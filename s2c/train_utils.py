@@ -118,9 +118,16 @@ def inputs_fingerprint(*paths: str | os.PathLike | None) -> str:
     return h.hexdigest()
 
 
-def load_resumable(ckpt: "Checkpointer", identity: dict) -> dict | None:
-    """The checkpoint's state when it was written by a run with the same ``identity`` (config and
-    input fingerprint), else None: a stale checkpoint is logged and training starts from scratch."""
+def load_resumable(ckpt: "Checkpointer", identity: dict, epochs: int | None = None) -> dict | None:
+    """The checkpoint's state when it is the resumable state of an *interrupted* run with the same
+    ``identity`` (config and input fingerprint), else None (training starts from scratch):
+
+    - written with another identity (config or inputs changed): stale, logged, fresh run;
+    - written at the end of the last epoch (``state["epoch"] >= epochs``; ``epochs`` defaults to
+      ``identity["cfg"]["epochs"]``): the run had finished, so the job runs again only because
+      its outputs are gone or Snakemake was told to rerun it (``-R``/``--forcerun`` after a code
+      change): a forced rerun trains fresh instead of "resuming" into the old model unchanged.
+    """
     state = ckpt.load()
     if state is None:
         return None
@@ -129,6 +136,12 @@ def load_resumable(ckpt: "Checkpointer", identity: dict) -> dict | None:
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
         log.warning("not resuming from %s: it was written with other %s; training from scratch",
                     ckpt.path, ", ".join(diff) or "settings")
+        return None
+    if epochs is None:
+        epochs = (identity.get("cfg") or {}).get("epochs")
+    if epochs is not None and int(state.get("epoch", 0)) >= int(epochs):
+        log.warning("not resuming from %s: it is the final checkpoint of a finished run (epoch %s of %s); "
+                    "a rerun (forced, or outputs deleted) trains from scratch", ckpt.path, state.get("epoch"), epochs)
         return None
     return state
 

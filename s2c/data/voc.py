@@ -75,6 +75,17 @@ def xml_class_indices(path: Path) -> list[int]:
     return sorted(out)
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the image header (no decode); None when unreadable (load_image reports that)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:
+        return None
+
+
 def check_label_map(m: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     """Validate a label map (values in 0..C or 255); returns the per-value pixel counts (256,)."""
     counts = np.bincount(m.ravel(), minlength=256)
@@ -183,4 +194,10 @@ class VOCDataset(SegDataset):
             return None
         m = read_label_png(mp)
         check_label_map(m, self.num_classes, mp)
+        size = _image_size(self.image_path(image_id))
+        if size is not None and m.shape != size:
+            raise S2CError(
+                f"GT mask {mp} is {m.shape[0]}x{m.shape[1]} but its image {self.image_path(image_id)} is "
+                f"{size[0]}x{size[1]} (HxW); replace the mask with the one made for this image"
+            )
         return m

@@ -32,6 +32,14 @@ Arrays, kind ``se``:
 written after the image's data, so a set flag always means the data is complete (Zarr's local store
 writes each chunk via a temporary file + rename).
 
+Presence: ``status`` = done is the per-image record that the image's data chunk was written, and
+every reader (and ``verify``) checks that chunk exists before reading it. Zarr reads a missing
+chunk as the fill value (0), so without this check a deleted chunk would come back as an all-zero
+embedding. Arrays are written with ``write_empty_chunks`` so that even an all-zero chunk is stored;
+the one exception is an SE map with no segment (``N`` = 0), which older stores did not store and
+whose fill value is its data. A chunk that exists but does not decode (truncated, bit rot: the
+crc32c codec) is an :class:`S2CError` naming the store and the image, never a raw ``ValueError``.
+
 A *manifest* (``join``) is a JSON file listing the part stores (paths relative to the manifest) with
 their ids; readers take a manifest or a single store.
 """
@@ -62,6 +70,8 @@ IDENTITY_KEYS = ("kind", "version", "model_type", "checkpoint_sha256", "settings
 
 STATUS_MISSING, STATUS_DONE, STATUS_SKIPPED = 0, 1, 2
 _META_COLS = {"embed": 5, "se": 4}
+# Store every written chunk, even one equal to the fill value, so "done but no chunk" = deleted.
+_STORE_ALL = {"write_empty_chunks": True}
 
 
 def _compressors(typesize: int) -> list:
@@ -187,12 +197,12 @@ class PartWriter:
             n = max(len(self.ids), 1)  # zarr arrays may not be empty-chunked; a 0-image part keeps 1 row
             self.meta = self.group.create_array(
                 "meta", shape=(n, _META_COLS[self.kind]), chunks=(1, _META_COLS[self.kind]),
-                dtype="int32", fill_value=0, compressors=[Crc32cCodec()],
+                dtype="int32", fill_value=0, compressors=[Crc32cCodec()], config=_STORE_ALL,
             )
             if self.kind == "embed":
                 self.emb = self.group.create_array(
                     "embedding", shape=(n, *EMBED_SHAPE), chunks=(1, *EMBED_SHAPE),
-                    dtype="float16", fill_value=0, compressors=_compressors(2),
+                    dtype="float16", fill_value=0, compressors=_compressors(2), config=_STORE_ALL,
                 )
             else:
                 self.group.require_group("se")
@@ -227,7 +237,7 @@ class PartWriter:
         # overwrite: a rerun after a kill between the data and the flag rewrites the image
         arr = se.create_array(
             str(i), overwrite=True, shape=label_map.shape, chunks=label_map.shape, dtype=dtype, fill_value=0,
-            compressors=_compressors(np.dtype(dtype).itemsize),
+            compressors=_compressors(np.dtype(dtype).itemsize), config=_STORE_ALL,
         )
         arr[...] = label_map.astype(dtype)
         self.meta[i] = np.array([STATUS_DONE, *label_map.shape, n_seg], np.int32)
@@ -400,15 +410,52 @@ class _CacheReader:
             pi, li = self._where[id_]
         except KeyError:
             if id_ in self.skipped:
-                raise S2CError(f"image {id_} was skipped when building {self.path}: {self.skipped[id_]}") from None
+                raise S2CError(f"image {id_} was skipped when building {self.path} ({self.skipped[id_]}); set "
+                               "data.skip_corrupt: true so that the split itself drops unreadable images") from None
             raise S2CError(f"image id {id_!r} is not in SAM cache {self.path}; rebuild the cache for this image list") from None
         return self._group(pi), li
 
+    def _part_of(self, id_: str) -> str:
+        return self._parts[self._where[id_][0]]
+
+    def _corrupt(self, id_: str, what: str) -> S2CError:
+        part = self._part_of(id_)
+        where = part if Path(part) == self.path.resolve() else f"{part} (part of {self.path})"
+        return S2CError(
+            f"SAM cache store {where}, image {id_}: {what}; the store is damaged — delete it and rerun its "
+            f"{'sam_embed' if self.kind == 'embed' else 'sam_everything'} job "
+            f"(`python -m s2c.sam_cache verify {self.path}` checks every image)"
+        )
+
+    def _read(self, id_: str, arr, sel):
+        """``arr[sel]`` as numpy; an undecodable chunk (truncated, corrupt) → S2CError naming the store."""
+        try:
+            return np.asarray(arr[sel])
+        except S2CError:
+            raise
+        except Exception as e:
+            raise self._corrupt(id_, f"unreadable data in {arr.path} ({e.__class__.__name__}: {e})") from None
+
+    def _require_chunk(self, id_: str, arr, coords: tuple[int, ...]) -> None:
+        """The chunk at ``coords`` must exist: Zarr would read a deleted chunk as zeros."""
+        key = arr.metadata.encode_chunk_key(coords)
+        if not (Path(self._part_of(id_)) / arr.path / key).is_file():
+            raise self._corrupt(id_, f"missing chunk {arr.path}/{key} (data deleted)")
+
+    def _array(self, id_: str, g, name: str):
+        try:
+            return g[name]
+        except KeyError:
+            raise self._corrupt(id_, f"missing array {name}") from None
+
     def _meta_row(self, id_: str) -> np.ndarray:
         g, li = self._locate(id_)
-        row = np.asarray(g["meta"][li])
+        meta = self._array(id_, g, "meta")
+        row = self._read(id_, meta, li)
         if row[0] != STATUS_DONE:
-            raise S2CError(f"image {id_} is not marked done in {self._parts[self._where[id_][0]]}; rerun its job")
+            if not (Path(self._part_of(id_)) / meta.path / meta.metadata.encode_chunk_key((li, 0))).is_file():
+                raise self._corrupt(id_, "missing meta row (data deleted)")
+            raise S2CError(f"image {id_} is not marked done in {self._part_of(id_)}; rerun its job")
         return row
 
 
@@ -418,8 +465,12 @@ class EmbeddingReader(_CacheReader):
     kind = "embed"
 
     def embedding(self, id_: str) -> torch.Tensor:
+        """float16 (256, 64, 64); S2CError when the image's chunk is missing or does not decode."""
+        self._meta_row(id_)  # done flag set (the image was written)
         g, li = self._locate(id_)
-        return torch.from_numpy(np.asarray(g["embedding"][li]))
+        arr = self._array(id_, g, "embedding")
+        self._require_chunk(id_, arr, (li, 0, 0, 0))
+        return torch.from_numpy(self._read(id_, arr, li))
 
     def meta(self, id_: str) -> dict:
         """``{"orig_size": (H, W), "input_size": (h, w)}`` (h, w: resized image inside the 1024² input)."""
@@ -433,8 +484,16 @@ class SEMapReader(_CacheReader):
     kind = "se"
 
     def se_map(self, id_: str) -> np.ndarray:
+        """int32 (H, W); S2CError when the image's map is missing or does not decode."""
+        row = self._meta_row(id_)
         g, li = self._locate(id_)
-        return np.asarray(g["se"][str(li)][...]).astype(np.int32)
+        arr = self._array(id_, g, f"se/{li}")
+        if int(row[3]) > 0:  # a map without segments is all fill value (older stores did not store it)
+            self._require_chunk(id_, arr, (0,) * arr.ndim)
+        m = self._read(id_, arr, Ellipsis).astype(np.int32)
+        if m.shape != (int(row[1]), int(row[2])):
+            raise self._corrupt(id_, f"SE map of shape {m.shape} where meta records {(int(row[1]), int(row[2]))}")
+        return m
 
     def meta(self, id_: str) -> dict:
         """``{"orig_size": (H, W), "n_segments": N}``."""
@@ -473,7 +532,11 @@ def verify(path: str | os.PathLike, expect: dict | None = None, progress: bool =
     n_bytes = sum(f.stat().st_size for p in info["parts"] for f in Path(p["path"]).rglob("*") if f.is_file())
     for pi, p in enumerate(info["parts"]):
         g = reader._group(pi)
-        status = np.asarray(g["meta"][: len(p["ids"]), 0]) if p["ids"] else np.zeros(0)
+        try:
+            status = np.asarray(g["meta"][: len(p["ids"]), 0]) if p["ids"] else np.zeros(0)
+        except Exception as e:
+            raise S2CError(f"verify: the meta array of {p['path']} is unreadable ({e.__class__.__name__}: {e}); "
+                           "delete the store and rerun its job") from None
         bad = np.flatnonzero((status != STATUS_DONE) & (status != STATUS_SKIPPED))
         if bad.size:
             raise S2CError(f"verify: image {p['ids'][bad[0]]} in {p['path']} has no data (status {status[bad[0]]}); rerun its job")
