@@ -65,6 +65,10 @@ cpm.tau                   0.5
 cpm.loss                  ce          ``ce`` over [1 − max A; A] | ``l1`` to class masks (Table 2 "no bg map")
 cpm.batching              pad         decoder batching of one image's classes (s2c.sam.prompt)
 cpm.weight                1.0
+diagnostics.enabled       true        per epoch, on a fixed sample of training images with GT masks: CPM's
+                                      peak hit rate vs chance, Ŝ mIoU, prompting-CAM mIoU → cpm_diag.csv/png
+                                      (s2c.cpm_diagnostics; only when L_CPM is on and the split has masks)
+diagnostics.n_images      16          images in the sample
 ========================  ==========  ==================================================================
 
 ``--sam-cfg``: ``{"model_type": vit_t|vit_b|vit_l|vit_h|vit_test, "checkpoint": path|null}``; the
@@ -87,6 +91,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import train_utils as tu
+from .cpm_diagnostics import FIELDS as DIAG_FIELDS
 from .config import merge_section
 from .errors import S2CError, cli_main
 from .io import atomic_path, ensure_writable_dir
@@ -117,6 +122,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
     },
+    "diagnostics": {"enabled": True, "n_images": 16},
 }
 MODEL_KEYS = ("backbone", "pretrained", "output_stride", "freeze_bn", "freeze_stem", "feat_dim")
 
@@ -348,6 +354,7 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
             log.warning("cam.cpm starts at step %d but the schedule has only %d steps: CPM never runs",
                         cpm_from, total)
 
+    diag = _diagnostics(model, sam, data, ds, cfg, dev) if tu.is_main() else None
     ckpt = tu.Checkpointer(out)
     # Resume only a run over the same config and inputs (a killed job); a job rerun because its
     # config, image list or caches changed starts from scratch.
@@ -367,6 +374,8 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
     amp = cfg["amp"] and dev.type == "cuda"
     fields = ["step", "epoch", "lr", "loss", "loss_cls", "loss_ssc", "loss_cpm", "step_time"]
     logger = tu.CSVLogger(out / "losses.csv", fields, resume_step=step if state else None) if tu.is_main() else None
+    diag_log = (tu.CSVLogger(out / "cpm_diag.csv", DIAG_FIELDS, resume_step=step + 1 if state else None)
+                if diag is not None else None)
 
     model.train()
     done = start_epoch
@@ -393,6 +402,13 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
             elif world > 1:
                 for v in parts.values():
                     tu.all_reduce_mean(v.detach())  # keep the collective calls matched across ranks
+        if diag_log is not None:
+            row = {"epoch": epoch + 1, "step": step, **diag()}
+            diag_log.log(row)
+            log.info("CPM diagnostics after epoch %d: %s", epoch + 1, row)
+            tu.plot_csv(out / "cpm_diag.csv", out / "cpm_diag.png",
+                        ["peak_hit_rate", "peak_chance", "pseudo_miou", "prompt_cam_miou"],
+                        title=f"CPM diagnostics ({split}, {row['n_images']} images)")
         rngs = _gather_rng(world)
         if tu.is_main():
             ckpt.save({"epoch": epoch + 1, "step": step, "model": tu.unwrap(model).state_dict(),
@@ -403,6 +419,8 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
         done = epoch + 1
     if logger:
         logger.close()
+    if diag_log is not None:
+        diag_log.close()
     final = out / "model.pt"
     finished = done >= epochs
     if tu.is_main() and finished:
@@ -414,6 +432,47 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
     tu.barrier()
     tu.ddp_cleanup()
     return final if finished else None
+
+
+def _diagnostics(model, sam, data, ds, cfg: dict, dev):
+    """A () → row callable for :func:`s2c.cpm_diagnostics.run_diagnostics`, or None when off
+    (disabled, no L_CPM, or no training image with a GT mask)."""
+    from .cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
+    from .data.cam_train import CAMTrainDataset, collate
+    from .data.transforms import Geometry
+
+    dcfg, cpm = cfg["diagnostics"], cfg["cpm"]
+    if not (dcfg["enabled"] and cpm["enabled"]) or int(dcfg["n_images"]) < 1:
+        return None
+    sample = pick_sample(ds, int(dcfg["n_images"]), cfg["seed"])
+    if not sample:
+        log.info("CPM diagnostics off: no training image of %s has a GT mask", ds.split)
+        return None
+    view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"])
+    view.set_epoch(DIAG_EPOCH)
+
+    def batch_of():
+        items = [view[i] for i in sample]
+        gts = [Geometry.from_dict(it["geometry"]).warp_to_crop(ds.load_mask(it["id"]), "nearest", fill=255)
+               for it in items]
+        return _to(collate(items), dev), gts
+
+    net = tu.unwrap(model)
+
+    def prompt_cams(batch):
+        x, labels = batch["image"], batch["labels"]
+        if cpm["prompt_cam"] == "step":
+            return normalize_cams(net(x)["cams"].float(), labels, x.shape[-2:])
+        return multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"])
+
+    def peaks_of(batch, pc):
+        return find_peaks(pc, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
+                          batch["valid"], cpm["exclude_border"])
+
+    def targets(batch, pc):
+        return cpm_targets(sam, batch, pc, cpm, cfg["sam_mode"])
+
+    return lambda: run_diagnostics(net, batch_of, prompt_cams, targets, peaks_of, ds.num_classes)
 
 
 def _input_norm(net) -> dict | None:

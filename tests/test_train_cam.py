@@ -317,6 +317,31 @@ def test_cpm_switches_on_at_start_step_mid_epoch(caches, tmp_path, fake_sam):
     assert [float(r["loss_cpm"]) > 0 for r in rows] == [False, False, False, True, True, True]
 
 
+def test_cpm_diagnostics_rows_per_epoch(caches, tmp_path, fake_sam):
+    _run(caches, tmp_path / "d", cfg=_cfg(epochs=2, diagnostics={"n_images": 3}))
+    rows = _csv(tmp_path / "d" / "cpm_diag.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [2, 4]
+    for r in rows:
+        assert int(r["n_images"]) == 3 and int(r["n_peaks"]) >= 3
+        for k in ("peak_hit_rate", "peak_chance", "pseudo_miou", "prompt_cam_miou"):
+            assert 0 <= float(r[k]) <= 100, (k, r)
+    assert (tmp_path / "d" / "cpm_diag.png").stat().st_size > 1000
+    # the baseline has no CPM, hence no diagnostics file
+    _run(caches, tmp_path / "b", cfg=_cfg(epochs=1, ablation="baseline"))
+    assert not (tmp_path / "b" / "cpm_diag.csv").exists()
+
+
+def test_peak_hits_counts_points_on_their_class():
+    from s2c.cpm_diagnostics import peak_hits
+
+    gt = np.zeros((10, 10), np.uint8)
+    gt[:5] = 3  # class 2 fills the top half
+    gt[9, 9] = 255
+    pts = torch.tensor([[2.0, 1.0], [2.0, 8.0]])  # (x, y): one on the class, one below it
+    hits, n, chance = peak_hits([(2, pts)], gt)
+    assert (hits, n) == (1, 2) and chance == pytest.approx(2 * 50 / 99)
+
+
 def test_lr_mult_new_defaults_to_the_reference_1x():
     assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
 
