@@ -192,6 +192,17 @@ def check_weights(sam_model_type: str | None, sam_checkpoint: str | None, pretra
     return problems
 
 
+def layout_inputs(data_cfg: dict, splits: list[str]) -> list[str]:
+    """The files that define the splits (VOC lists, COCO instances json): a rule's inputs, so an
+    edited list reruns the check."""
+    root = Path(data_cfg["root"])
+    if data_cfg.get("kind", "voc") == "voc":
+        return [str(root / "ImageSets" / "Segmentation" / f"{s}.txt") for s in dict.fromkeys(splits)]
+    from .data.coco import _split_paths
+
+    return [str(_split_paths(root, s, data_cfg)[1]) for s in dict.fromkeys(splits)]
+
+
 def check_layout(data_cfg: dict, train: list[str], evals: list[str], *, quick: bool = False,
                  sam_model_type: str | None = None, sam_checkpoint: str | None = None,
                  pretrained: list[str] = ()) -> dict:
@@ -206,6 +217,17 @@ def check_layout(data_cfg: dict, train: list[str], evals: list[str], *, quick: b
     problems += check_weights(sam_model_type, sam_checkpoint, list(pretrained))
     return {"kind": kind, "root": str(data_cfg["root"]), "ok": not problems, "quick": quick,
             "splits": summary, "problems": [asdict(p) for p in problems]}
+
+
+def refuse_target(target: str, data_cfg: dict):
+    """Raise for a per-dataset target (eval_voc / eval_coco) asked of the other dataset kind."""
+    want = target.rsplit("_", 1)[1]
+    kind = data_cfg.get("kind", "voc")
+    raise S2CError(
+        f"{target} evaluates a {want.upper()} config, but this config has data.kind: {kind} "
+        f"(data.root {data_cfg.get('root')}); run `snakemake eval_{kind}` (or plain `snakemake`), "
+        f"or pass a {want.upper()} config, e.g. --configfile config/{want}.yaml"
+    )
 
 
 def format_problems(report: dict) -> str:

@@ -1,0 +1,71 @@
+# Dataset layout check (s2c.prepare), included before every other rule file:
+# 1. when the DAG is built, before any job: the folders, lists, per-image files (VOC) and the
+#    user-supplied weights; a problem stops Snakemake with what is missing and where to get it;
+# 2. the prepare_voc / prepare_coco job (a target of `rule all`): the full check, also parsing the
+#    COCO json files and checking every image they name; its report is a JSON file.
+import json
+
+from snakemake.exceptions import WorkflowError
+
+from s2c.prepare import check_layout, format_problems, layout_inputs, refuse_target
+
+KIND = config["data"]["kind"]
+PREPARE_TRAIN = [config["splits"]["train"]]
+PREPARE_EVAL = list(
+    dict.fromkeys([config["splits"]["cam_eval"], config["splits"]["val"]])
+)
+# user-supplied backbone weight files (true/false select provisioned ImageNet weights or none)
+PREPARE_PRETRAINED = [
+    str(config.get(sec, {}).get("pretrained"))
+    for sec in ("cam", "seg")
+    if isinstance(config.get(sec, {}).get("pretrained"), str)
+    and config[sec]["pretrained"].lower() not in ("true", "false")
+]
+PREPARE_REPORT = f"cache/{config['dataset']}/prepare_{KIND}.json"
+
+if not config["synthetic"]["enabled"]:
+    _layout = check_layout(
+        config["data"],
+        PREPARE_TRAIN,
+        PREPARE_EVAL,
+        quick=True,
+        sam_model_type=config["sam"]["model_type"],
+        sam_checkpoint=config["sam"]["checkpoint"],
+        pretrained=PREPARE_PRETRAINED,
+    )
+    if not _layout["ok"]:
+        raise WorkflowError(
+            "dataset check (python -m s2c.prepare; see config/README.md): "
+            + format_problems(_layout)
+        )
+
+
+rule:
+    name:
+        f"prepare_{KIND}"
+    input:
+        layout_inputs(config["data"], PREPARE_TRAIN + PREPARE_EVAL),
+    output:
+        PREPARE_REPORT,
+    log:
+        f"logs/prepare_{KIND}.{config['dataset']}.log",
+    benchmark:
+        f"benchmarks/prepare_{KIND}.{config['dataset']}.tsv"
+    localrule: True
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        data=json.dumps(config["data"], sort_keys=True),
+        train=PREPARE_TRAIN,
+        evals=PREPARE_EVAL,
+        sam_type=config["sam"]["model_type"],
+        sam_ckpt=config["sam"]["checkpoint"] or "",
+        pretrained=PREPARE_PRETRAINED,
+    shell:
+        "python -m s2c.prepare --data-cfg {params.data:q} --train {params.train:q}"
+        " --eval {params.evals:q} --sam-model-type {params.sam_type:q}"
+        " --sam-checkpoint {params.sam_ckpt:q} --pretrained {params.pretrained:q}"
+        " --out {output:q} > {log:q} 2>&1"
