@@ -11,9 +11,7 @@ from s2c.prepare import check_layout, format_problems, layout_inputs, refuse_tar
 
 KIND = config["data"]["kind"]
 PREPARE_TRAIN = [config["splits"]["train"]]
-PREPARE_EVAL = list(
-    dict.fromkeys([config["splits"]["cam_eval"], config["splits"]["val"]])
-)
+PREPARE_EVAL = list(dict.fromkeys([config["splits"]["cam_eval"], config["splits"]["val"]]))
 # user-supplied backbone weight files (true/false select provisioned ImageNet weights or none)
 PREPARE_PRETRAINED = [
     str(config.get(sec, {}).get("pretrained"))
@@ -34,10 +32,7 @@ if not config["synthetic"]["enabled"]:
         pretrained=PREPARE_PRETRAINED,
     )
     if not _layout["ok"]:
-        raise WorkflowError(
-            "dataset check (python -m s2c.prepare; see config/README.md): "
-            + format_problems(_layout)
-        )
+        raise WorkflowError("dataset check (python -m s2c.prepare; see config/README.md): " + format_problems(_layout))
 
 
 rule:
@@ -62,10 +57,10 @@ rule:
         train=PREPARE_TRAIN,
         evals=PREPARE_EVAL,
         sam_type=config["sam"]["model_type"],
-        sam_ckpt=config["sam"]["checkpoint"] or "",
-        pretrained=PREPARE_PRETRAINED,
+        sam_ckpt=(["--sam-checkpoint", config["sam"]["checkpoint"]] if config["sam"]["checkpoint"] else []),
+        pretrained=["--pretrained", *PREPARE_PRETRAINED] if PREPARE_PRETRAINED else [],
     shell:
         "python -m s2c.prepare --data-cfg {params.data:q} --train {params.train:q}"
         " --eval {params.evals:q} --sam-model-type {params.sam_type:q}"
-        " --sam-checkpoint {params.sam_ckpt:q} --pretrained {params.pretrained:q}"
+        " {params.sam_ckpt:q} {params.pretrained:q}"
         " --out {output:q} > {log:q} 2>&1"

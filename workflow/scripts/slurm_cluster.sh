@@ -145,6 +145,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$P_DBD
 AccountingStoragePass=$DIR/run/munge.sock
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 NodeName=s2cnode NodeAddr=127.0.0.1 NodeHostname=$HOST CPUs=16 RealMemory=64000 Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=s2cnode Default=YES MaxTime=INFINITE State=UP
