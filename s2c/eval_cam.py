@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .errors import S2CError, cli_main
 from .config import merge_section
-from .infer_cam import CAMStore, parse_json_arg
+from .cli import parse_json_arg
+from .infer_cam import CAMStore
 from .metrics import (DEFAULT_THRESHOLDS, FloorSearch, ThresholdSearch, floor_verdict, with_background,
                       write_metrics)
 

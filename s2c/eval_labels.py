@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .errors import S2CError, cli_main
 from .eval_cam import gt_mask
-from .infer_cam import parse_json_arg
+from .cli import parse_json_arg
 from .io import read_label_png
 from .metrics import FloorSearch, confusion_matrix, floor_verdict, metrics_dict, with_background, write_metrics
 

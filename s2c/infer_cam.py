@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .data.transforms import normalize
 from .config import merge_section
+from .cli import parse_json_arg  # noqa: F401  (re-exported: older imports)
 from .errors import S2CError, cli_main
 from .io import atomic_path, sha256_file
 
@@ -45,19 +46,6 @@ DEFAULTS: dict = {
     "scales": [0.5, 1.0, 1.5, 2.0],
     "flip": True,
 }
-
-
-def parse_json_arg(text: str, flag: str) -> dict:
-    """Parse a JSON object given on the command line (or '@file.json'); S2CError naming the flag."""
-    try:
-        if text.startswith("@"):
-            text = Path(text[1:]).read_text()
-        val = json.loads(text)
-    except (json.JSONDecodeError, OSError) as e:
-        raise S2CError(f"{flag}: not valid JSON ({e}); pass a JSON object, e.g. {flag} '{{}}'") from None
-    if not isinstance(val, dict):
-        raise S2CError(f"{flag}: expected a JSON object, got {type(val).__name__}")
-    return val
 
 
 # ----------------------------------------------------------------------------- model

@@ -94,3 +94,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK):
         raise S2CError(f"output directory {path} is not writable; fix its permissions or choose another path")
     return path
+
+
+def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 (H, W) label map as a VOC-palette PNG (not atomic: used inside a temp dir)."""
+    from .classes import voc_palette
+
+    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    im.save(path)

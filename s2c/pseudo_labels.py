@@ -30,14 +30,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from .classes import voc_palette
 from .errors import S2CError, cli_main
 from .config import merge_section
 from .infer_cam import CAMStore, parse_json_arg
-from .io import atomic_path
+from .io import atomic_path, save_label_png
 from .metrics import read_metrics
 from .refine import cams_to_label
 from .refine.crf import CRF_DEFAULTS, alpha_for_threshold, crf_label, require_densecrf
@@ -51,16 +49,6 @@ DEFAULTS: dict = {
     "crf": dict(CRF_DEFAULTS),
     "sam": dict(SAM_DEFAULTS),
 }
-
-_PALETTE = voc_palette()
-
-
-def save_label_png(label: np.ndarray, path: str | Path) -> None:
-    """Write a uint8 (H, W) label map as a VOC-palette PNG (not atomic: used inside a temp dir)."""
-    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
-    im.putpalette(_PALETTE)
-    im.save(path)
-
 
 def resolve_cfg(cfg: dict | None) -> dict:
     """Merge the pseudo_labels section over DEFAULTS (sub-sections too) and validate it."""

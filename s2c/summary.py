@@ -16,7 +16,8 @@ from pathlib import Path
 from .errors import S2CError, cli_main
 from .io import atomic_path
 
-ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)"}
+ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)",
+        "seg_gt_val": "seg on GT (val, ceiling)"}
 
 
 def load_metric(path: Path) -> dict:

@@ -15,6 +15,7 @@ from PIL import Image
 from s2c import eval_cam, eval_labels, figures, infer_cam, pseudo_labels
 from s2c.data import open_dataset
 from s2c.errors import S2CError
+from s2c.io import save_label_png
 from s2c.infer_cam import CAMStore, infer_cams, multiscale_cams
 
 CAM_CFG = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 32, "freeze_bn": False}
@@ -110,7 +111,7 @@ def test_end_to_end_clis(model_file, data_cfg, tmp_path, capsys):
     assert eval_labels.main(["--pred", str(pl), "--data-cfg", dc, "--split", "val", "--out", str(lab_json),
                              "--bar", str(tmp_path / "pl_bar.png"), "--no-progress"]) == 0
     r2 = json.loads(lab_json.read_text())
-    assert set(r2) == {"miou", "iou", "n_images"}
+    assert set(r2) == {"miou", "iou", "n_images", "floors", "above_floor"}  # no threshold: a label folder has none
     # pseudo-labels at the searched threshold are exactly eval_cam's best prediction
     assert r2["miou"] == pytest.approx(r["miou"]) and r2["iou"] == r["iou"]
     for png in (bar, tmp_path / "pl_bar.png"):
@@ -143,7 +144,7 @@ def test_missing_gt_names_the_file(data_cfg, synthetic_voc, tmp_path):
     pred = tmp_path / "pred"
     pred.mkdir()
     for i in ds.ids:
-        pseudo_labels.save_label_png(np.zeros(ds.load_image(i).shape[:2], np.uint8), pred / f"{i}.png")
+        save_label_png(np.zeros(ds.load_image(i).shape[:2], np.uint8), pred / f"{i}.png")
     gt_file = ds.gt_dir / f"{ds.ids[1]}.png"
     gt_file.unlink()
     with pytest.raises(S2CError, match=str(gt_file)):
@@ -154,7 +155,7 @@ def test_missing_prediction_and_cli_exit_code(data_cfg, tmp_path, capsys):
     ds = open_dataset(data_cfg, "val")
     pred = tmp_path / "pred"
     pred.mkdir()
-    pseudo_labels.save_label_png(np.zeros(ds.load_image(ds.ids[0]).shape[:2], np.uint8), pred / f"{ds.ids[0]}.png")
+    save_label_png(np.zeros(ds.load_image(ds.ids[0]).shape[:2], np.uint8), pred / f"{ds.ids[0]}.png")
     with pytest.raises(SystemExit) as e:
         eval_labels.main(["--pred", str(pred), "--data-cfg", json.dumps(data_cfg), "--split", "val",
                           "--out", str(tmp_path / "m.json"), "--no-progress"])

@@ -1,8 +1,9 @@
 """Seeded generator of a small PASCAL-VOC-layout dataset (demo pipeline and tests).
 
 Each class has a distinctive shape + colour + texture (e.g. aeroplane = red triangle, bus = yellow
-striped rectangle), so a small CAM classifier learns them in a few CPU epochs. Images have muted
-textured backgrounds (noise / gradient / stripes) and 1-3 objects of possibly different classes
+striped rectangle), so a small CAM classifier learns them in a few CPU epochs. Images have muted,
+low-saturation textured backgrounds (luminance noise / gradient / stripes) and 1-3 objects (1: 45%,
+2: 40%, 3: 15%) spanning ~28-60% of the short side of possibly different classes
 that may overlap (an object is re-placed when it would hide more than half of an earlier one, so
 every listed object stays visible and image labels equal the classes in the mask). Like VOC, a
 thin band of 255 (ignore) is written along object boundaries.
@@ -54,8 +55,9 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(70, 170) + rng.uniform(-25, 25, size=3)  # low saturation grey-ish
     kind = rng.integers(3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    if kind == 0:  # smooth noise
-        small = rng.normal(0, 25, size=(max(2, h // 8), max(2, w // 8), 3)).astype(np.float32)
+    if kind == 0:  # smooth noise: mostly luminance (colourful noise would mimic the classes' colours)
+        gh, gw = max(2, h // 8), max(2, w // 8)
+        small = (rng.normal(0, 22, size=(gh, gw, 1)) + rng.normal(0, 5, size=(gh, gw, 3))).astype(np.float32)
         img = base + cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     elif kind == 1:  # linear gradient between two muted colours
         other = rng.uniform(70, 170) + rng.uniform(-25, 25, size=3)
@@ -74,7 +76,7 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 def _shape_mask(shape: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """bool (h, w) mask of one object of ``shape`` at a random place, size and angle."""
     m = np.zeros((h, w), np.uint8)
-    r = rng.uniform(0.11, 0.26) * min(h, w)  # half-size: objects span ~22-52% of the short side
+    r = rng.uniform(0.14, 0.30) * min(h, w)  # half-size: objects span ~28-60% of the short side
     cx = rng.uniform(r * 0.6, w - r * 0.6)
     cy = rng.uniform(r * 0.6, h - r * 0.6)
     ang = rng.uniform(-np.pi, np.pi)
@@ -137,7 +139,7 @@ def render_image(size: int, classes: tuple[str, ...], rng: np.random.Generator):
     img = _background(h, w, rng)
     inst = np.zeros((h, w), np.int32)  # instance id map, 0 = background
     names: list[str] = []
-    n_obj = int(rng.integers(1, 4))
+    n_obj = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
     for _ in range(n_obj):
         name = classes[int(rng.integers(len(classes)))]
         shape, colour, texture = APPEARANCE[name]

@@ -1,0 +1,66 @@
+# The segmentation schedule's ceiling: the same seg config trained on the GT masks of the training
+# split instead of the pseudo-labels (`snakemake seg_ceiling`; needs a split with GT masks).
+
+
+rule gt_labels:
+    input:
+        images=split_list(SPLITS["train"]),
+    output:
+        directory(f"{RESULTS}/seg_gt/labels_{SPLITS['train']}"),
+    params:
+        data=DATA_CFG,
+        split=SPLITS["train"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/gt_labels.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m s2c.gt_labels --data-cfg {params.data:q} --split {params.split:q} --out {output:q} > {log:q} 2>&1"
+
+
+use rule train_seg as train_seg_gt with:
+    input:
+        labels=f"{RESULTS}/seg_gt/labels_{SPLITS['train']}",
+        images=split_list(SPLITS["train"]),
+        backbone=backbone_weights("seg"),
+    output:
+        model=f"{RESULTS}/seg_gt/model.pt",
+        curve=f"{RESULTS}/seg_gt/losses.png",
+    log:
+        f"{RESULTS}/logs/train_seg_gt.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_seg_gt.tsv"
+
+
+use rule eval_seg as eval_seg_gt with:
+    input:
+        model=f"{RESULTS}/seg_gt/model.pt",
+        images=split_list(SPLITS["val"]),
+    output:
+        metrics=f"{RESULTS}/metrics/seg_gt_val.json",
+        pred=directory(f"{RESULTS}/seg_gt/pred_{SPLITS['val']}"),
+    log:
+        f"{RESULTS}/logs/eval_seg_gt.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_seg_gt.tsv"
+
+
+rule seg_ceiling:
+    input:
+        f"{RESULTS}/metrics/seg_val.json",
+        f"{RESULTS}/metrics/seg_gt_val.json",
+    output:
+        f"{RESULTS}/metrics/seg_ceiling.tsv",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/seg_ceiling.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    localrule: True
+    shell:
+        "python -m s2c.summary {input:q} --tsv {output:q} 2>&1 | tee {log:q}"
