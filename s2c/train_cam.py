@@ -69,6 +69,7 @@ diagnostics.enabled       true        per epoch, on a fixed sample of training i
                                       peak hit rate vs chance, Ŝ mIoU, prompting-CAM mIoU → cpm_diag.csv/png
                                       (s2c.cpm_diagnostics; only when L_CPM is on and the split has masks)
 diagnostics.n_images      16          images in the sample
+diagnostics.every         1           run them every N epochs (and after the last one)
 ========================  ==========  ==================================================================
 
 ``--sam-cfg``: ``{"model_type": vit_t|vit_b|vit_l|vit_h|vit_test, "checkpoint": path|null}``; the
@@ -122,7 +123,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
     },
-    "diagnostics": {"enabled": True, "n_images": 16},
+    "diagnostics": {"enabled": True, "n_images": 16, "every": 1},
 }
 MODEL_KEYS = ("backbone", "pretrained", "output_stride", "freeze_bn", "freeze_stem", "feat_dim")
 
@@ -402,7 +403,8 @@ def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: s
             elif world > 1:
                 for v in parts.values():
                     tu.all_reduce_mean(v.detach())  # keep the collective calls matched across ranks
-        if diag_log is not None:
+        if diag_log is not None and ((epoch + 1) % max(1, int(cfg["diagnostics"]["every"])) == 0
+                                     or epoch + 1 == epochs):
             row = {"epoch": epoch + 1, "step": step, **diag()}
             diag_log.log(row)
             log.info("CPM diagnostics after epoch %d: %s", epoch + 1, row)

@@ -342,6 +342,21 @@ def test_peak_hits_counts_points_on_their_class():
     assert (hits, n) == (1, 2) and chance == pytest.approx(2 * 50 / 99)
 
 
+def test_same_config_twice_is_bit_identical(caches, tmp_path, fake_sam):
+    """Determinism on CPU: S2C (SSC + cached CPM) twice with one seed → the same weights and logs;
+    another seed differs."""
+    cfg = _cfg(epochs=2, diagnostics={"n_images": 2})
+    a, b = _run(caches, tmp_path / "a", cfg=cfg), _run(caches, tmp_path / "b", cfg=cfg)
+    ma, mb = torch.load(a, weights_only=False)["model"], torch.load(b, weights_only=False)["model"]
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "step_time"} for r in rows]  # noqa: E731
+    assert strip(_csv(tmp_path / "a" / "losses.csv")) == strip(_csv(tmp_path / "b" / "losses.csv"))
+    assert _csv(tmp_path / "a" / "cpm_diag.csv") == _csv(tmp_path / "b" / "cpm_diag.csv")
+    c = _run(caches, tmp_path / "c", cfg={**cfg, "seed": 1})
+    mc = torch.load(c, weights_only=False)["model"]
+    assert any(not torch.equal(ma[k], mc[k]) for k in ma)
+
+
 def test_lr_mult_new_defaults_to_the_reference_1x():
     assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
 

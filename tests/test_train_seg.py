@@ -200,3 +200,12 @@ def test_seg_loss_ignores_255_and_handles_empty_batches():
     lab[0, 0, 0] = 1
     expected = torch.nn.functional.cross_entropy(logits[:1, :, 0, 0], torch.tensor([1]))
     torch.testing.assert_close(seg_loss(logits, lab), expected)
+
+
+def test_same_config_twice_is_bit_identical(voc, full_run, tmp_path):
+    """Determinism on CPU: the same config and seed give the same weights (and so the same metrics)."""
+    data_cfg, labels = voc
+    train_seg(data_cfg, "train", labels, tmp_path, TINY, device="cpu")
+    again = torch.load(tmp_path / "model.pt", weights_only=False)["model"]
+    full = torch.load(full_run[0] / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(again[k], full[k]) for k in full)
