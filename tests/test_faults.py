@@ -522,3 +522,21 @@ def test_misc_read_only_weights_folder_that_holds_the_weights(tmp_path, monkeypa
         assert fn(wd) == wd / name
     finally:
         wd.chmod(0o755)
+
+
+def test_misc_coco_image_of_another_size_than_its_annotation_names_the_file(tmp_path):
+    from PIL import Image
+
+    from s2c.data import open_dataset
+
+    (tmp_path / "train").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "train" / "a.jpg")
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "height": 24, "width": 30}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 9, 2, 9, 9, 2, 9]],
+                            "area": 49.0, "iscrowd": 0, "bbox": [2, 2, 7, 7]}],
+           "categories": [{"id": 1, "name": "person", "supercategory": ""}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_train.json").write_text(json.dumps(ann))
+    ds = open_dataset({"kind": "coco", "root": str(tmp_path), "class_set": "voc20"}, "train")
+    with pytest.raises(S2CError, match=r"instances_train\.json: image a\.jpg is 24x30 .* is 20x30"):
+        ds.load_mask("a")

@@ -146,6 +146,14 @@ class COCODataset(SegDataset):
         """Semantic label map uint8 (H, W) at the json's height/width (rule: module docstring)."""
         img = self.coco.imgs[self._stem_to_img[image_id]]
         h, w = int(img["height"]), int(img["width"])
+        from .voc import _image_size
+
+        size = _image_size(self.image_path(image_id))
+        if size is not None and size != (h, w):
+            raise S2CError(
+                f"{self.ann_path}: image {img['file_name']} is {h}x{w} (HxW) in the annotations but the file "
+                f"{self.image_path(image_id)} is {size[0]}x{size[1]}; use the annotation file made for these images"
+            )
         out = np.zeros((h, w), np.uint8)
         anns = self.coco.imgToAnns.get(img["id"], [])
         inst = []
