@@ -207,12 +207,36 @@ def infer_cams(model_path: str | Path, data_cfg: dict, split: str, out: str | Pa
         "flip": bool(cfg["flip"]), "model_sha256": sha256_file(model_path),
         "image_list_hash": ds.image_list_hash() if hasattr(ds, "image_list_hash") else "",
     }
+    outside = [0, 0]  # (image, scale) pairs whose long side falls outside the training range
+    train_range = training_long_side_range(meta)
     with write_cam_store(out, attrs) as put:
         for image_id in tqdm(ds.ids, desc=f"infer_cam {split}", disable=not progress):
             classes = np.flatnonzero(np.asarray(ds.labels(image_id)) > 0.5)
-            put(image_id, multiscale_cams(model, ds.load_image(image_id), classes, scales, cfg["flip"], dev),
+            image = ds.load_image(image_id)
+            if train_range is not None:
+                for s in scales:
+                    outside[0] += not train_range[0] / 1.5 <= s * max(image.shape[:2]) <= train_range[1] * 1.5
+                    outside[1] += 1
+            put(image_id, multiscale_cams(model, image, classes, scales, cfg["flip"], dev),
                 classes)
+    if outside[1] and outside[0] > outside[1] / 2:
+        warnings.warn(f"infer_cam: {outside[0]} of {outside[1]} (image, scale) pairs have a long side outside "
+                      f"1.5x the training range {list(train_range)} px (cam.augment.resize_long): CAMs at "
+                      "scales the classifier never saw are weaker; choose infer_cam.scales so that "
+                      "scale x image size lies in that range", stacklevel=2)
     return Path(out)
+
+
+def training_long_side_range(meta: dict) -> tuple[float, float] | None:
+    """(lo, hi) long side in pixels the classifier was trained at (``cam.augment.resize_long`` in
+    model.pt's config), or None when the model does not record one."""
+    from .data.transforms import TrainAugment
+
+    try:
+        lo, hi = TrainAugment((meta.get("cam_cfg") or {}).get("augment") or {}).resize_long
+        return float(lo), float(hi)
+    except (S2CError, TypeError, ValueError):  # an old or foreign model.pt: no check to make
+        return None
 
 
 @contextlib.contextmanager

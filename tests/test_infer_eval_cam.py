@@ -172,3 +172,12 @@ def test_infer_cam_errors(model_file, data_cfg, tmp_path):
         infer_cams(model_file, data_cfg, "val", tmp_path / "c.h5", {"scale": [1]}, device="cpu")
     with pytest.raises(S2CError, match="CAM store not found"):
         CAMStore(tmp_path / "c.h5")
+
+
+def test_training_long_side_range_from_model_meta():
+    from s2c.infer_cam import training_long_side_range
+
+    assert training_long_side_range({"cam_cfg": {"augment": {"resize_long": [256, 384], "crop_size": 256}}}) == (256, 384)
+    assert training_long_side_range({"cam_cfg": {"augment": {}}}) == (256, 512)  # the reference default
+    assert training_long_side_range({}) == (256, 512)
+    assert training_long_side_range({"cam_cfg": {"augment": {"resize_long": "x"}}}) is None
