@@ -113,7 +113,8 @@ def shell_run(tmp_path_factory):
             continue  # additionalProperties: covered below
         set_key(cfg, path, payload(key))
     cfg["data"]["coco_splits"] = {"train": {"images": payload("coco-images"), "annotations": payload("coco-ann")}}
-    (work / payload("sam.checkpoint")).write_bytes(b"fake checkpoint")  # an input: must exist
+    for key in ("sam.checkpoint", "cam.pretrained", "seg.pretrained"):  # files the DAG build checks
+        (work / payload(key)).write_bytes(b"fake weights")
     cfgfile = work / "cfg.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
     out = smk("-s", str(REPO / "Snakefile"), "-d", str(work), "-n", "-p", "--cores", "1", "eval_voc",
@@ -283,6 +284,19 @@ def test_dag_bad_cam_values_fail_at_dag_build(tmp_path, override, needle):
     text = out.stdout + out.stderr
     assert out.returncode != 0 and needle in text, text
     assert "Traceback" not in text and "Building DAG" not in text, text
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("sam={model_type: vit_h}", "config error: sam.checkpoint is empty but sam.model_type='vit_h'"),
+    ("cam={pretrained: /no/such/r38.params}", "config error: cam.pretrained '/no/such/r38.params' is not a file"),
+    ("seg={pretrained: /no/such/r38.params}", "config error: seg.pretrained '/no/such/r38.params' is not a file"),
+], ids=["vit_h-without-checkpoint", "cam-pretrained-missing", "seg-pretrained-missing"])
+def test_dag_missing_weight_files_fail_at_dag_build(tmp_path, override, needle):
+    out = smk("-d", str(tmp_path), "-n", "--cores", "1", "eval_voc", "--configfile", "config/config.yaml",
+              "--config", override)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and needle in text, text
+    assert "Traceback" not in text and "ValueError" not in text and "Building DAG" not in text, text
 
 
 def test_dag_augment_typo_in_process():

@@ -67,11 +67,22 @@ def sam_checkpoint():
     if SAM["checkpoint"]:
         return SAM["checkpoint"]
     if SAM["model_type"] != "vit_t":
-        raise ValueError(
-            f"config sam.checkpoint is empty but sam.model_type={SAM['model_type']!r} needs the "
-            "official checkpoint: download it (see README, 'SAM weights') and set sam.checkpoint"
+        raise WorkflowError(
+            f"config error: sam.checkpoint is empty but sam.model_type={SAM['model_type']!r} needs the "
+            "official checkpoint: download it (see README, 'Weights') and set sam.checkpoint"
         )
     return f"{WEIGHTS}/{MOBILE_SAM_FILE}"
+
+
+# A backbone weights file the config names is no rule's output: check it here, before the SAM cache
+# is built, so the message names the key (a missing sam.checkpoint is a missing rule input already).
+for _section in ("cam", "seg"):
+    _pre = STAGE[_section].get("pretrained")
+    if isinstance(_pre, str) and not Path(_pre).is_file():
+        raise WorkflowError(
+            f"config error: {_section}.pretrained {_pre!r} is not a file; point it at the weights file "
+            "(see README, 'Weights'), or use true (ImageNet weights) / false"
+        )
 
 
 def backbone_weights(section):
