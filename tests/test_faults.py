@@ -554,3 +554,51 @@ def test_misc_coco_image_of_another_size_than_its_annotation_names_the_file(tmp_
     ds = open_dataset({"kind": "coco", "root": str(tmp_path), "class_set": "voc20"}, "train")
     with pytest.raises(S2CError, match=r"instances_train\.json: image a\.jpg is 24x30 .* is 20x30"):
         ds.load_mask("a")
+
+
+def test_misc_truncated_checkpoint_names_the_file(tmp_path):
+    from s2c import train_utils as tu
+
+    ck = tu.Checkpointer(tmp_path)
+    ck.save({"epoch": 1, "identity": {}})
+    ck.path.write_bytes(ck.path.read_bytes()[:20])
+    with pytest.raises(S2CError, match=rf"cannot read checkpoint {ck.path} .*delete it"):
+        tu.load_resumable(ck, {})
+
+
+@pytest.mark.parametrize("what", ["missing", "partial", "not-a-cache"])
+def test_cache_verify_of_a_wrong_path_is_one_line(tmp_path, capsys, what):
+    from s2c.sam_cache import main
+
+    target = tmp_path / "embed.part0.zarr"
+    if what == "partial":
+        _embed_store(tmp_path).rename(tmp_path / "embed.part0.zarr.partial")
+    elif what == "not-a-cache":
+        target.mkdir()
+        (target / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    with pytest.raises(SystemExit) as ex:
+        main(["verify", str(target), "--quiet"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and len(err.strip().splitlines()) == 1 and str(target) in err, err
+    if what == "partial":
+        assert "interrupted job" in err
+
+
+def test_misc_unwritable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    import s2c.io
+    from s2c.errors import cli_main
+    from s2c.io import ensure_writable_dir
+
+    out = tmp_path / "results"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(s2c.io.os, "access", lambda p, m: False if m & os.W_OK and Path(p) == out else real(p, m))
+
+    @cli_main
+    def stage():
+        ensure_writable_dir(out)
+
+    with pytest.raises(SystemExit) as ex:
+        stage()
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and f"output directory {out} is not writable" in err and len(err.splitlines()) == 1
