@@ -32,14 +32,14 @@ if not config["synthetic"]["enabled"]:
         pretrained=PREPARE_PRETRAINED,
     )
     if not _layout["ok"]:
-        raise WorkflowError("dataset check (python -m s2c.prepare; see config/README.md): " + format_problems(_layout))
+        raise WorkflowError(f"dataset check (python -m s2c.prepare; see config/README.md): {format_problems(_layout)}")
 
 
 rule:
     name:
         f"prepare_{KIND}"
     input:
-        layout_inputs(config["data"], PREPARE_TRAIN + PREPARE_EVAL),
+        layout_inputs(config["data"], [*PREPARE_TRAIN, *PREPARE_EVAL]),
     output:
         PREPARE_REPORT,
     log:
