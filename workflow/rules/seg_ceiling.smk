@@ -7,16 +7,16 @@ rule gt_labels:
         images=split_list(SPLITS["train"]),
     output:
         directory(f"{RESULTS}/seg_gt/labels_{SPLITS['train']}"),
-    params:
-        data=DATA_CFG,
-        split=SPLITS["train"],
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/gt_labels.log",
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        data=DATA_CFG,
+        split=SPLITS["train"],
     shell:
         "python -m s2c.gt_labels --data-cfg {params.data:q} --split {params.split:q} --out {output:q} > {log:q} 2>&1"
 
@@ -54,13 +54,13 @@ rule seg_ceiling:
         f"{RESULTS}/metrics/seg_gt_val.json",
     output:
         f"{RESULTS}/metrics/seg_ceiling.tsv",
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/seg_ceiling.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=500,
         runtime=5,
-    localrule: True
     shell:
         "python -m s2c.summary {input:q} --tsv {output:q} 2>&1 | tee {log:q}"

@@ -1,0 +1,30 @@
+# Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
+from s2c.train_cam import ABLATIONS
+from s2c.train_cam import resolve_cfg as resolve_cam_cfg
+
+ABL = config["ablations"]
+ABL_DIR = f"{RESULTS}/ablations"
+ABL_RUN = f"{ABL_DIR}/{{row}}/seed{{seed}}"
+
+
+def ablation_cam_cfg(wc):
+    """The run's cam section with this row's ablation and seed."""
+    return {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
+
+
+def ablation_cache(kind):
+    """Cache manifest a row's trainer streams (none for the L_CLS-only baseline)."""
+
+    def inputs(wc):
+        cam = resolve_cam_cfg(ablation_cam_cfg(wc))
+        needs = cam["ssc"]["enabled"] if kind == "se" else (cam["cpm"]["enabled"] and cam["sam_mode"] == "cached")
+        return [f"{CACHE}/{SPLITS['train']}/{kind}.json"] if needs else []
+
+    return inputs
+
+
+def ablation_metrics():
+    names = ["cam_train"] + (["pseudo_train"] if ABL["pseudo"] else [])
+    return [
+        f"{ABL_DIR}/{row}/seed{seed}/metrics/{n}.json" for row in ABL["rows"] for seed in ABL["seeds"] for n in names
+    ]
