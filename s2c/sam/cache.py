@@ -189,9 +189,10 @@ class PartWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.resumed:
             self.group = zarr.open_group(self.tmp, mode="r+")
-            self.meta = self.group["meta"]
+            # write_empty_chunks is a runtime setting, not stored: set it again on the reopened arrays
+            self.meta = self.group["meta"].with_config(_STORE_ALL)
             if self.kind == "embed":
-                self.emb = self.group["embedding"]
+                self.emb = self.group["embedding"].with_config(_STORE_ALL)
         else:
             self.group = zarr.open_group(self.tmp, mode="w")
             n = max(len(self.ids), 1)  # zarr arrays may not be empty-chunked; a 0-image part keeps 1 row
