@@ -3,11 +3,13 @@
 ``finished_dot_test(tmp_path_factory)`` copies ``.test/config`` into a temporary folder (whose
 ``../weights`` links to the repository's weights folder, as ``.test`` itself sees it), runs
 ``snakemake --directory <copy>/.test`` with no target (the default target, ``all``) and returns
-the working directory. tests/test_catalog.py and tests/test_report.py share the run.
+the working directory (``S2C_DOT_TEST_WORKDIR`` names a finished one to reuse instead).
+tests/test_catalog.py and tests/test_report.py share the run.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,8 @@ def smk(workdir: Path, *args: str, check: bool = True, timeout: float = 1800, en
 
 def finished_dot_test(tmp_path_factory) -> Path:
     """Working directory of a finished `.test` run (default target), made once per session."""
+    if "work" not in _done and os.environ.get("S2C_DOT_TEST_WORKDIR"):
+        _done["work"] = Path(os.environ["S2C_DOT_TEST_WORKDIR"])  # a finished run to reuse (development)
     if "work" not in _done:
         work = dot_test_copy(tmp_path_factory.mktemp("dot_test"))
         out = smk(work, "--cores", "2")
