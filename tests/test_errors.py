@@ -65,3 +65,12 @@ def test_cli_main_maps_file_system_errors_only():
         bad_input()
     with pytest.raises(OSError):  # not a user-fixable path problem: the traceback is kept
         other()
+
+
+def test_one_line_unwraps_a_dataloader_worker_error():
+    from s2c.errors import one_line
+
+    wrapped = ("Caught S2CError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\n    raise S2CError("m")\ns2c.errors.S2CError: store s.zarr, image a: gone')
+    assert one_line(wrapped) == "store s.zarr, image a: gone"
+    assert one_line("plain message") == "plain message"
