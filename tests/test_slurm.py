@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _dot_test import dot_test_copy, finished_dot_test
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow/scripts/slurm_cluster.sh"
@@ -34,18 +35,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 RUN = "test"  # .test/config/config.yaml
 LOCAL_RULES = {"all", "prepare_voc", "eval_voc"}  # localrule: True (the head node runs them)
 GPU_RULES = {"sam_embed", "sam_everything", "train_cam", "infer_cam", "train_seg", "eval_seg"}
-FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"]
+# poll soon after submission; query the scheduler's accounting (sacct), not squeue (which forgets a
+# finished job after MinJobAge)
+FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
+             "--slurm-status-command", "sacct"]
 
 pytestmark = pytest.mark.slurm
-
-
-def _copy_test_dir(dest: Path) -> Path:
-    """A copy of .test/ (its config only) whose ../weights is the repository's weights folder."""
-    dest.mkdir(parents=True)
-    shutil.copytree(REPO / ".test" / "config", dest / ".test" / "config")
-    (REPO / "weights").mkdir(exist_ok=True)
-    (dest / "weights").symlink_to(REPO / "weights")
-    return dest / ".test"
 
 
 def _check(out: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
@@ -87,27 +82,34 @@ def runs(cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
 
     # the same config, run locally: the reference outputs
-    local = _copy_test_dir(base / "local")
-    _check(subprocess.run([*SNAKEMAKE, "-d", str(local), "--cores", "2"], capture_output=True, text=True,
-                          timeout=1800), "local run")
-    expected = {r for r in _planned_rules(base / "fresh")} - LOCAL_RULES
+    local = finished_dot_test(tmp_path_factory)
+    expected = _planned_rules(base / "fresh") - LOCAL_RULES
 
     # 1. through the slurm profile; scancel train_cam once its first epoch is checkpointed
-    work = _copy_test_dir(base / "slurm")
+    work = dot_test_copy(base / "slurm")
     cmd = [*SNAKEMAKE, "-d", str(work), "--workflow-profile", str(REPO / "profiles/slurm"), *FAST_POLL]
     ckpt = work / "results" / RUN / "cam" / "last.pt"
     with open(base / "slurm1.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 1500
-        while not ckpt.exists():
-            assert proc.poll() is None, (base / "slurm1.log").read_text()[-5000:]
-            assert time.time() < deadline, "train_cam wrote no checkpoint in 25 minutes"
-            time.sleep(0.2)
-        queue = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, env=env).stdout
-        ids = [line.split("|")[0] for line in queue.splitlines() if rule_of(line.split("|", 1)[1]) == "train_cam"]
-        assert len(ids) == 1, queue
-        subprocess.run(["scancel", ids[0]], check=True, env=env)
-        rc = proc.wait(timeout=600)
+        try:
+            deadline = time.time() + 1500
+            while not ckpt.exists():
+                assert proc.poll() is None, (base / "slurm1.log").read_text()[-5000:]
+                assert time.time() < deadline, "train_cam wrote no checkpoint in 25 minutes"
+                time.sleep(0.2)
+            queue = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, env=env).stdout
+            ids = [ln.split("|")[0] for ln in queue.splitlines() if rule_of(ln.split("|", 1)[1]) == "train_cam"]
+            assert len(ids) == 1, queue
+            subprocess.run(["scancel", ids[0]], check=True, env=env)
+            try:
+                rc = proc.wait(timeout=900)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("Snakemake did not notice the cancelled job in 15 minutes:\n"
+                                     + (base / "slurm1.log").read_text()[-3000:]) from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert rc != 0, "the run with a cancelled job should fail"
     assert not (work / "results" / RUN / "cam" / "model.pt").exists()
 
@@ -121,7 +123,7 @@ def runs(cluster, tmp_path_factory):
 
 
 def _planned_rules(workdir: Path) -> set[str]:
-    wd = _copy_test_dir(workdir)
+    wd = dot_test_copy(workdir)
     out = _check(subprocess.run([*SNAKEMAKE, "-d", str(wd), "-n", "--cores", "2"], capture_output=True,
                                 text=True, timeout=300), "dry run")
     table = out.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
@@ -172,10 +174,10 @@ def test_gpu_requests_reach_sbatch_as_gpus(runs):
 
 
 def _tree(root: Path) -> set[str]:
-    skip = (".snakemake", "logs", "benchmarks")
+    """The workflow's outputs (results/, cache/, data/), less logs and benchmarks (timings differ)."""
     return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and not p.relative_to(root).parts[0] in skip
-            and not any(part in skip for part in p.relative_to(root).parts)}
+            if p.is_file() and p.relative_to(root).parts[0] in ("results", "cache", "data")
+            and not {"logs", "benchmarks"} & set(p.relative_to(root).parts)}
 
 
 def test_outputs_match_a_local_run(runs):
