@@ -144,6 +144,12 @@ def _coerce_by_schema(value: Any, schema: dict) -> Any:
     if "boolean" in types and value in _BOOL_WORDS:
         return _BOOL_WORDS[value]
     if "string" in types:
+        # an enum mixing numbers and words (cam.cpm.multimask_index: 0, 1, 2, best): "0" means 0
+        if "integer" in types and value not in schema.get("enum", [value]):
+            try:
+                return int(value) if int(value) in schema["enum"] else value
+            except ValueError:
+                return value
         return value
     if "integer" in types:
         try:

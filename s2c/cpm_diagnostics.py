@@ -48,7 +48,7 @@ def peak_hits(peaks: list[tuple[int, torch.Tensor]], gt: np.ndarray) -> tuple[in
     chance = 0.0
     for c, pts in peaks:
         share = float((gt == c + 1).sum()) / n_valid
-        for x, y in pts.round().long().cpu().tolist():
+        for x, y in pts.floor().long().cpu().tolist():  # pixel centres (i + 0.5) → index i
             y = min(max(y, 0), gt.shape[0] - 1)
             x = min(max(x, 0), gt.shape[1] - 1)
             hits += int(gt[y, x] == c + 1)

@@ -173,6 +173,8 @@ def resolve_cfg(cfg: dict | None) -> dict:
             v = v[p]
         if v not in allowed:
             raise S2CError(f"cam.{'.'.join(path)} = {v!r}; use one of {list(allowed)}")
+    if isinstance(out["cpm"]["multimask_index"], str) and out["cpm"]["multimask_index"].strip().isdigit():
+        out["cpm"]["multimask_index"] = int(out["cpm"]["multimask_index"])  # --config gives strings
     if out["cpm"]["multimask_index"] not in (0, 1, 2, "best"):
         raise S2CError(f"cam.cpm.multimask_index = {out['cpm']['multimask_index']!r}; use 0, 1, 2 or \"best\"")
     for k in ("epochs", "batch_size"):

@@ -74,3 +74,11 @@ def test_schema_errors_are_one_line_naming_the_key(mutate, line):
     with pytest.raises(S2CError) as e:
         validate_config(cfg)
     assert str(e.value).startswith(line) and "\n" not in str(e.value), str(e.value)
+
+
+def test_cli_string_of_a_mixed_enum_becomes_its_number():
+    from s2c.config import _coerce_by_schema
+
+    sch = {"type": ["integer", "string"], "enum": [0, 1, 2, "best"]}
+    assert _coerce_by_schema("0", sch) == 0 and _coerce_by_schema("best", sch) == "best"
+    assert _coerce_by_schema("7", sch) == "7"  # not in the enum: left for the validator to name
