@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -101,11 +102,19 @@ def runs(cluster, tmp_path_factory):
             ids = [ln.split("|")[0] for ln in queue.splitlines() if rule_of(ln.split("|", 1)[1]) == "train_cam"]
             assert len(ids) == 1, queue
             subprocess.run(["scancel", ids[0]], check=True, env=env)
+            # snakemake-executor-plugin-slurm 2.8 reads sacct's state "CANCELLED by <uid>", which is
+            # not in its list of failed states, so it waits for the job forever: give it 90 s (a
+            # plugin that notices ends the run), then stop Snakemake as a user would (Ctrl-C)
             try:
-                rc = proc.wait(timeout=900)
+                rc, noticed = proc.wait(timeout=90), True
             except subprocess.TimeoutExpired:
-                raise AssertionError("Snakemake did not notice the cancelled job in 15 minutes:\n"
-                                     + (base / "slurm1.log").read_text()[-3000:]) from None
+                noticed = False
+                proc.send_signal(signal.SIGINT)
+                try:
+                    rc = proc.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError("Snakemake did not stop on SIGINT:\n"
+                                         + (base / "slurm1.log").read_text()[-3000:]) from None
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -113,13 +122,16 @@ def runs(cluster, tmp_path_factory):
     assert rc != 0, "the run with a cancelled job should fail"
     assert not (work / "results" / RUN / "cam" / "model.pt").exists()
 
+    if not noticed:  # a stopped Snakemake may leave its lock (README, fault recovery)
+        _check(subprocess.run([*SNAKEMAKE, "-d", str(work), "--unlock"], capture_output=True, text=True,
+                              env=env, timeout=300), "unlock")
     # 2. the same command again: Snakemake resubmits the killed job, which resumes from last.pt
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     (base / "slurm2.log").write_text(second.stdout + second.stderr)
     _check(second, "slurm rerun")
     time.sleep(2)  # let slurmctld hand the last records to slurmdbd
     return {"local": local, "slurm": work, "cancelled": ids[0], "expected": expected, "cluster": d,
-            "env": env, "base": base}
+            "env": env, "base": base, "noticed": noticed}
 
 
 def _planned_rules(workdir: Path) -> set[str]:
@@ -150,6 +162,13 @@ def test_killed_job_resumed_from_its_checkpoint(runs):
     steps = [int(r.split(",")[0]) for r in
              (runs["slurm"] / "results" / RUN / "cam" / "losses.csv").read_text().splitlines()[1:]]
     assert steps == list(range(len(steps))) and steps  # no step lost or repeated
+
+
+@pytest.mark.xfail(strict=True, reason="snakemake-executor-plugin-slurm 2.8 does not know sacct's "
+                   "'CANCELLED by <uid>' state and waits for a scancelled job forever; strict: a fixed "
+                   "plugin makes this pass (then drop the SIGINT in the fixture)")
+def test_snakemake_notices_a_scancelled_job(runs):
+    assert runs["noticed"]
 
 
 def test_gpu_requests_reach_sbatch_as_gpus(runs):

@@ -12,7 +12,8 @@
 # (cpus_per_task up to 8, mem_mb up to 32000, --gpus=1) are accepted as written; partitions `cpu`
 # and `gpu` match profiles/slurm. Accounting (sacct, which the Snakemake executor queries) goes
 # through slurmdbd into a private MariaDB; account `s2c` holds user $(id -un).
-# Every sbatch call is appended, shell-quoted, to DIR/sbatch.log (DIR/bin/sbatch wraps the real one).
+# Every sbatch call is appended, shell-quoted, to DIR/sbatch.log (DIR/bin/sbatch wraps the real one);
+# DIR/bin/srun restores SLURM_CONF, which the executor's job step clears before its srun.
 set -euo pipefail
 
 cmd=${1:-}
@@ -186,7 +187,15 @@ cat > "$DIR/bin/sbatch" <<EOF
 { printf '%q ' sbatch "\$@"; echo; } >> "$DIR/sbatch.log"
 exec $(command -v sbatch) "\$@"
 EOF
-chmod +x "$DIR/bin/sbatch"
+# srun that finds this cluster's config: the executor's job step (snakemake-executor-plugin-slurm-
+# jobstep) removes every SLURM_* variable, SLURM_CONF included, before its nested srun, so a config
+# outside /etc/slurm would otherwise be lost inside jobs
+cat > "$DIR/bin/srun" <<EOF
+#!/usr/bin/env bash
+export SLURM_CONF=$DIR/slurm.conf
+exec $(command -v srun) "\$@"
+EOF
+chmod +x "$DIR/bin/sbatch" "$DIR/bin/srun"
 cat > "$DIR/env.sh" <<EOF
 export SLURM_CONF=$DIR/slurm.conf
 export PATH=$DIR/bin:/usr/sbin:\$PATH
