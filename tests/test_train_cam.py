@@ -394,8 +394,11 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     mb = torch.load(resumed, weights_only=False)["model"]
     for k, v in m["model"].items():
         assert torch.equal(v, mb[k]), k  # bit-exact: same crops, optimizer state and RNG streams
-    # a finished run is not trained again; a changed config trains from scratch (all steps logged anew)
+    # rerunning over a finished run trains it again (a forced rerun, snakemake -R); bit-identical here.
+    # A changed config trains from scratch too (all steps logged anew)
     assert _run(caches, tmp_path / "b") == resumed
+    again = torch.load(resumed, weights_only=False)["model"]
+    assert all(torch.equal(v, again[k]) for k, v in m["model"].items())
     _run(caches, tmp_path / "b", cfg=_cfg(lr=0.5))
     assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [0, 1, 2, 3]
     mc = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
