@@ -15,6 +15,17 @@ rule train_cam:
             caption="../report/losses.rst",
             category="Training",
         ),
+    log:
+        f"{RESULTS}/logs/train_cam.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_cam.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
@@ -25,17 +36,6 @@ rule train_cam:
         out=lambda wc, output: os.path.dirname(output.model),
         embed=lambda wc, input: flag_args("--embed-manifest", input.embed),
         se=lambda wc, input: flag_args("--se-manifest", input.se),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/train_cam.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_cam.tsv"
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=1440,
     shell:
         "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split:q}"
         " {params.embed:q} {params.se:q} --out {params.out:q} --weights-dir {params.weights:q}"
@@ -48,23 +48,23 @@ rule infer_cam:
         images=split_list("{split}"),
     output:
         f"{RESULTS}/cams/{{split}}.h5",
+    log:
+        f"{RESULTS}/logs/infer_cam.{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/infer_cam.{{split}}.tsv"
     wildcard_constraints:
         split=SPLIT_RE,
+    conda:
+        "../../environment.yml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
         data=DATA_CFG,
         cfg=as_json(config["infer_cam"]),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/infer_cam.{{split}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/infer_cam.{{split}}.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     shell:
         "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model:q} --data-cfg {params.data:q}"
         " --split {wildcards.split:q} --out {output:q} --cfg {params.cfg:q}"
@@ -83,19 +83,19 @@ rule eval_cam:
             category="Metrics",
             subcategory="CAM",
         ),
-    params:
-        data=DATA_CFG,
-        cfg=as_json(config["eval_cam"]),
-        split=SPLITS["cam_eval"],
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/eval_cam.log",
     benchmark:
         f"{RESULTS}/benchmarks/eval_cam.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        data=DATA_CFG,
+        cfg=as_json(config["eval_cam"]),
+        split=SPLITS["cam_eval"],
     shell:
         "python -m s2c.eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
         " --out {output.metrics:q} --cfg {params.cfg:q} --bar {output.bar:q} > {log:q} 2>&1"

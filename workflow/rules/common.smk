@@ -41,6 +41,7 @@ def flag_args(flag, paths):
     paths = [paths] if isinstance(paths, str) else list(paths)
     return [flag, *paths] if paths else []
 
+
 # Stage sections over their modules' defaults: unknown keys fail here, before any job starts.
 try:
     STAGE = resolve_sections(config)
@@ -94,7 +95,9 @@ def backbone_weights(section):
 
 
 def sam_embed_cfg():
-    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt", "num_workers")})
+    return as_json(
+        {k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt", "num_workers")}
+    )
 
 
 def sam_everything_cfg():

@@ -9,6 +9,15 @@ if config["synthetic"]["enabled"]:
                 root=config["data"]["root"],
                 split=["train", "val", "train_aug"],
             ),
+        log:
+            "logs/make_synthetic_data.log",
+        benchmark:
+            "benchmarks/make_synthetic_data.tsv"
+        conda:
+            "../../environment.yml"
+        resources:
+            mem_mb=2000,
+            runtime=10,
         params:
             root=lambda wc, output: str(Path(output[0]).parents[2]),
             # scalars, not the section dict: key order in a config file must not trigger reruns
@@ -16,15 +25,6 @@ if config["synthetic"]["enabled"]:
             n_val=config["synthetic"]["n_val"],
             size=config["synthetic"]["size"],
             seed=config["synthetic"]["seed"],
-        conda:
-            "../../environment.yml"
-        log:
-            "logs/make_synthetic_data.log",
-        benchmark:
-            "benchmarks/make_synthetic_data.tsv"
-        resources:
-            mem_mb=2000,
-            runtime=10,
         shell:
             "python -m s2c.data.synthetic --root {params.root:q} --n-train {params.n_train:q}"
             " --n-val {params.n_val:q} --size {params.size:q} --seed {params.seed:q}"
@@ -34,17 +34,17 @@ if config["synthetic"]["enabled"]:
 rule fetch_mobile_sam:
     output:
         f"{WEIGHTS}/{MOBILE_SAM_FILE}",
-    params:
-        weights=lambda wc, output: os.path.dirname(output[0]),
-    conda:
-        "../../environment.yml"
     log:
         "logs/fetch_mobile_sam.log",
     benchmark:
         "benchmarks/fetch_mobile_sam.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=20,
+    params:
+        weights=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "python -m s2c.weights --weights-dir {params.weights:q} --mobile-sam > {log:q} 2>&1"
 
@@ -52,16 +52,16 @@ rule fetch_mobile_sam:
 rule fetch_efficientnet_lite0:
     output:
         f"{WEIGHTS}/{EFFNET_LITE0_FILE}",
-    params:
-        weights=lambda wc, output: os.path.dirname(output[0]),
-    conda:
-        "../../environment.yml"
     log:
         "logs/fetch_efficientnet_lite0.log",
     benchmark:
         "benchmarks/fetch_efficientnet_lite0.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=20,
+    params:
+        weights=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "python -m s2c.weights --weights-dir {params.weights:q} --efficientnet-lite0 > {log:q} 2>&1"

@@ -10,19 +10,19 @@ rule figure_cams:
             caption="../report/cams.rst",
             category="Figures",
         ),
-    params:
-        data=DATA_CFG,
-        split=SPLITS["cam_eval"],
-        n=6,
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/figure_cams.log",
     benchmark:
         f"{RESULTS}/benchmarks/figure_cams.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        data=DATA_CFG,
+        split=SPLITS["cam_eval"],
+        n=6,
     shell:
         "python -m s2c.figures cams --cams {input.cams:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"
@@ -40,21 +40,21 @@ rule figure_labels:
             caption="../report/panels.rst",
             category="Figures",
         ),
-    wildcard_constraints:
-        kind="pseudo|seg",
-    params:
-        data=DATA_CFG,
-        split=lambda wc: SPLITS["cam_eval"] if wc.kind == "pseudo" else SPLITS["val"],
-        n=6,
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/figure_labels.{{kind}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/figure_labels.{{kind}}.tsv"
+    wildcard_constraints:
+        kind="pseudo|seg",
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        data=DATA_CFG,
+        split=lambda wc: SPLITS["cam_eval"] if wc.kind == "pseudo" else SPLITS["val"],
+        n=6,
     shell:
         "python -m s2c.figures labels --pred {input.pred:q} --title {wildcards.kind:q}"
         " --data-cfg {params.data:q} --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"

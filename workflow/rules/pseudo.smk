@@ -8,21 +8,21 @@ rule pseudo_labels:
         se=pseudo_se_manifest(),
     output:
         directory(f"{RESULTS}/pseudo/{SPLITS['train']}"),
+    log:
+        f"{RESULTS}/logs/pseudo_labels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pseudo_labels.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         data=DATA_CFG,
         cfg=as_json(config["pseudo"]),
         split=SPLITS["train"],
         se=lambda wc, input: flag_args("--se-manifest", input.se),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/pseudo_labels.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/pseudo_labels.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
     shell:
         "python -m s2c.pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
         " --data-cfg {params.data:q} --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
@@ -41,18 +41,18 @@ rule eval_pseudo:
             category="Metrics",
             subcategory="Pseudo-labels",
         ),
-    params:
-        data=DATA_CFG,
-        split=SPLITS["cam_eval"],
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/eval_pseudo.log",
     benchmark:
         f"{RESULTS}/benchmarks/eval_pseudo.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        data=DATA_CFG,
+        split=SPLITS["cam_eval"],
     shell:
         "python -m s2c.eval_labels --pred {input.pred:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out {output.metrics:q} --bar {output.bar:q} > {log:q} 2>&1"

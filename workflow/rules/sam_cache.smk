@@ -8,25 +8,25 @@ rule sam_embed:
         ckpt=sam_checkpoint(),
     output:
         directory(f"{CACHE}/{{split}}/embed.part{{part}}.zarr"),
+    log:
+        f"{CACHE}/logs/sam_embed.{{split}}.part{{part}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_embed.{{split}}.part{{part}}.tsv"
     wildcard_constraints:
         split=SPLIT_RE,
         part="[0-9]+",
+    conda:
+        "../../environment.yml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
         data=DATA_CFG,
         cfg=sam_embed_cfg(),
         parts=len(PARTS),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{CACHE}/logs/sam_embed.{{split}}.part{{part}}.log",
-    benchmark:
-        f"{CACHE}/benchmarks/sam_embed.{{split}}.part{{part}}.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     shell:
         "python -m s2c.gpu_slot python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split:q}"
         " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
@@ -40,9 +40,19 @@ rule sam_everything:
         embed=se_embed_store,
     output:
         directory(f"{CACHE}/{{split}}/se.part{{part}}.zarr"),
+    log:
+        f"{CACHE}/logs/sam_everything.{{split}}.part{{part}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_everything.{{split}}.part{{part}}.tsv"
     wildcard_constraints:
         split=SPLIT_RE,
         part="[0-9]+",
+    conda:
+        "../../environment.yml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
@@ -50,16 +60,6 @@ rule sam_everything:
         cfg=sam_everything_cfg(),
         parts=len(PARTS),
         embed=lambda wc, input: flag_args("--embed-store", input.embed),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{CACHE}/logs/sam_everything.{{split}}.part{{part}}.log",
-    benchmark:
-        f"{CACHE}/benchmarks/sam_everything.{{split}}.part{{part}}.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=720,
     shell:
         "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split:q}"
         " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
@@ -71,15 +71,15 @@ rule sam_cache_join:
         expand(f"{CACHE}/{{{{split}}}}/{{{{kind}}}}.part{{part}}.zarr", part=PARTS),
     output:
         f"{CACHE}/{{split}}/{{kind}}.json",
+    log:
+        f"{CACHE}/logs/sam_cache_join.{{split}}.{{kind}}.log",
+    benchmark:
+        f"{CACHE}/benchmarks/sam_cache_join.{{split}}.{{kind}}.tsv"
     wildcard_constraints:
         split=SPLIT_RE,
         kind="embed|se",
     conda:
         "../../environment.yml"
-    log:
-        f"{CACHE}/logs/sam_cache_join.{{split}}.{{kind}}.log",
-    benchmark:
-        f"{CACHE}/benchmarks/sam_cache_join.{{split}}.{{kind}}.tsv"
     resources:
         mem_mb=1000,
         runtime=10,

@@ -13,6 +13,17 @@ rule train_seg:
             caption="../report/losses.rst",
             category="Training",
         ),
+    log:
+        f"{RESULTS}/logs/train_seg.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_seg.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
@@ -20,17 +31,6 @@ rule train_seg:
         cfg=as_json(config["seg"]),
         split=SPLITS["train"],
         out=lambda wc, output: os.path.dirname(output.model),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/train_seg.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_seg.tsv"
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=1440,
     shell:
         "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split:q}"
         " --labels {input.labels:q} --out {params.out:q} --cfg {params.cfg:q}"
@@ -44,22 +44,22 @@ rule eval_seg:
     output:
         metrics=f"{RESULTS}/metrics/seg_val.json",
         pred=directory(f"{RESULTS}/seg/pred_{SPLITS['val']}"),
+    log:
+        f"{RESULTS}/logs/eval_seg.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_seg.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         weights=lambda wc: WEIGHTS,
         device=config["device"],
         data=DATA_CFG,
         cfg=as_json(config["eval_seg"]),
         split=SPLITS["val"],
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/eval_seg.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/eval_seg.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     shell:
         "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
