@@ -187,12 +187,12 @@ def test_freeze_stem_and_param_groups():
     assert not m.backbone.conv1.weight.requires_grad
     assert m.backbone.layer1[0].conv1.weight.requires_grad
     groups = {g["name"]: g for g in m.param_groups()}
-    assert groups["new"]["lr_mult"] == 10.0 and groups["backbone"]["lr_mult"] == 1.0
+    assert groups["new"]["lr_mult"] == 1.0 and groups["backbone"]["lr_mult"] == 1.0  # the reference: 1x
     assert {id(p) for p in groups["new"]["params"]} == {id(m.proj.weight), id(m.classifier.weight)}
     bb = {id(p) for p in groups["backbone"]["params"]}
     assert id(m.backbone.conv1.weight) not in bb and id(m.backbone.layer4[0].conv1.weight) in bb
     assert all(p.requires_grad for g in groups.values() for p in g["params"])
-    opt = torch.optim.SGD(m.param_groups(), lr=0.1)  # extra keys are accepted by torch optimizers
+    opt = torch.optim.SGD(m.param_groups(10.0), lr=0.1)  # extra keys are accepted by torch optimizers
     assert [g["lr_mult"] for g in opt.param_groups] == [1.0, 10.0]
 
 
