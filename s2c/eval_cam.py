@@ -71,12 +71,8 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
     t, cm, mious = search.best()
     curve = {f"{th:g}": (None if not np.isfinite(m) else round(100 * float(m), 4))
              for th, m in zip(thresholds, mious)}
-    from .metrics import metrics_dict
-
-    floor = floors.result()
-    above, _ = floor_verdict(metrics_dict(cm, names)["miou"], floor)
-    result = write_metrics(out, cm, names, threshold=t, n_images=search.n_images, miou_by_threshold=curve,
-                           floors=floor, above_floor=above)
+    result = write_metrics(out, cm, names, floors.result(), threshold=t, n_images=search.n_images,
+                           miou_by_threshold=curve)
     if bar is not None:
         from .figures import plot_iou_bars
 
@@ -98,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate_cams(a.cams, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out,
                       parse_json_arg(a.cfg, "--cfg"), a.bar, progress=not a.no_progress)
     print(f"CAM mIoU {r['miou']} at threshold {r['threshold']:g} over {r['n_images']} images")
-    from .metrics import floor_verdict
-
     print(floor_verdict(r["miou"], r["floors"])[1])
     return 0
 

@@ -22,7 +22,7 @@ from .errors import S2CError, cli_main
 from .eval_cam import gt_mask
 from .cli import parse_json_arg
 from .io import read_label_png
-from .metrics import FloorSearch, confusion_matrix, floor_verdict, metrics_dict, with_background, write_metrics
+from .metrics import FloorSearch, confusion_matrix, floor_verdict, with_background, write_metrics
 
 
 def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Path,
@@ -53,9 +53,7 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
         floors.add(np.flatnonzero(ds.labels(image_id)), gt)
     if not ds.ids:
         raise S2CError(f"split {split!r} has no images to evaluate; check data.root and the image list")
-    floor = floors.result()
-    above, _ = floor_verdict(metrics_dict(cm, names)["miou"], floor)
-    result = write_metrics(out, cm, names, n_images=len(ds.ids), floors=floor, above_floor=above)
+    result = write_metrics(out, cm, names, floors.result(), n_images=len(ds.ids))
     if bar is not None:
         from .figures import plot_iou_bars
 

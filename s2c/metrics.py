@@ -216,10 +216,14 @@ def metrics_dict(cm: np.ndarray, class_names: Sequence[str], **extra) -> dict:
     return out
 
 
-def write_metrics(path: str | Path, cm: np.ndarray, class_names: Sequence[str], **extra) -> dict:
+def write_metrics(path: str | Path, cm: np.ndarray, class_names: Sequence[str],
+                  floors: dict[str, dict] | None = None, **extra) -> dict:
     """Write :func:`metrics_dict` as JSON to ``path`` atomically and return it. Percent values;
-    classes with undefined IoU (absent from GT and prediction) are null."""
+    classes with undefined IoU (absent from GT and prediction) are null. With ``floors``
+    (:meth:`FloorSearch.result`) the JSON also holds them and ``above_floor``."""
     out = metrics_dict(cm, class_names, **extra)
+    if floors is not None:
+        out.update(floors=floors, above_floor=floor_verdict(out["miou"], floors)[0])
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -455,11 +455,15 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
     view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"])
     view.set_epoch(DIAG_EPOCH)
 
+    fixed: list = []  # the sample's crops never change: read images, caches and masks once
+
     def batch_of():
-        items = [view[i] for i in sample]
-        gts = [Geometry.from_dict(it["geometry"]).warp_to_crop(ds.load_mask(it["id"]), "nearest", fill=255)
-               for it in items]
-        return _to(collate(items), dev), gts
+        if not fixed:
+            items = [view[i] for i in sample]
+            gts = [Geometry.from_dict(it["geometry"]).warp_to_crop(ds.load_mask(it["id"]), "nearest", fill=255)
+                   for it in items]
+            fixed.extend((_to(collate(items), dev), gts))
+        return fixed[0], fixed[1]
 
     net = tu.unwrap(model)
 
