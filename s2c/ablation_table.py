@@ -26,7 +26,7 @@ from pathlib import Path
 from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import read_metrics
-from .train_cam import ABLATIONS, PAPER_VOC_CAM
+from .sections import ABLATIONS, PAPER_VOC_CAM
 
 COLUMNS = ("row", "seed", "steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
            "commit", "command")

@@ -1,9 +1,9 @@
-"""Check every config section against the defaults of the stage that owns it, at DAG-build time.
+"""Config plumbing at the bottom of the package: merging a section over its defaults, command-line
+string coercion, and the workflow schema's validation with one-line errors.
 
-The JSON schema (``workflow/schemas/config.schema.yaml``) validates the workflow-level keys; the
-hyperparameter sections are owned by their stage modules, whose default dicts are the one place
-defining those keys. :func:`resolve_sections` runs each stage's own resolver so that a typo such as
-``cam.lrr`` fails before any job starts, with the stage's message naming the key.
+Imports nothing of s2c but :mod:`s2c.errors`, so every layer may use it (data, models, sam). The
+hyperparameter sections themselves (defaults, allowed values, resolvers, the DAG-build registry
+:func:`s2c.sections.resolve_sections`) live in :mod:`s2c.sections`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import yaml
 
 from .errors import S2CError
 
@@ -35,8 +37,6 @@ def coerce_scalar(default: Any, value: Any) -> Any:
             return int(value) if isinstance(default, int) else float(value)
         except ValueError:
             pass
-    import yaml
-
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
@@ -68,32 +68,6 @@ def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=froz
         if recurse and isinstance(sub, dict) and isinstance(v, dict) and k not in opaque:
             v = merge_section(sub, v, f"{section}.{k}", recurse=True, opaque=opaque)
         out[k] = coerce_scalar(sub, v)
-    return out
-
-
-def _resolvers() -> dict[str, Callable[[dict], dict]]:
-    # Imported lazily: the stage modules pull in torch, which only the workflow parse needs here.
-    from . import eval_cam, eval_seg, infer_cam, pseudo_labels, train_cam, train_seg
-
-    return {
-        "cam": train_cam.resolve_cfg,
-        "infer_cam": lambda c: merge_section(infer_cam.DEFAULTS, c, "infer_cam"),
-        "eval_cam": lambda c: merge_section(eval_cam.DEFAULTS, c, "eval_cam"),
-        "pseudo": pseudo_labels.resolve_cfg,
-        "seg": train_seg.resolve_cfg,
-        "eval_seg": lambda c: merge_section(eval_seg.DEFAULTS, c, "eval_seg"),
-    }
-
-
-def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
-    """Each stage section merged over its module defaults (ablations applied). Raises S2CError."""
-    out = {}
-    for section, resolve in _resolvers().items():
-        cfg = config.get(section) or {}
-        if not isinstance(cfg, dict):
-            raise S2CError(f"config section {section!r} must be a mapping, got {type(cfg).__name__}")
-        out[section] = resolve(cfg)
-    check_augment(out["cam"])
     return out
 
 
@@ -162,8 +136,6 @@ def _coerce_by_schema(value: Any, schema: dict) -> Any:
         except ValueError:
             pass
     if "array" in types or "object" in types:
-        import yaml
-
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -212,7 +184,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None) 
     Raises S2CError with one line naming the first bad key (path ``section.key``) and the fix —
     not the schema dump Snakemake's ``validate`` prints. Returns ``config``.
     """
-    import yaml
+    # jsonschema (+ referencing, rpds) only for the workflow's DAG build: kept out of every stage's import
     from jsonschema import Draft202012Validator, validators
 
     schema = yaml.safe_load(open(schema_path or SCHEMA_PATH))
@@ -234,21 +206,3 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None) 
         more = f" (+{len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise S2CError(_schema_error_line(errors[0]) + more)
     return config
-
-
-def check_augment(cam_cfg: dict) -> dict:
-    """``cam.augment`` (passed whole to :class:`s2c.data.transforms.TrainAugment`) checked at
-    DAG-build time: unknown keys and bad values name ``cam.augment.<key>``."""
-    from .data.transforms import AUG_DEFAULTS, TrainAugment
-
-    aug = cam_cfg.get("augment") or {}
-    if not isinstance(aug, dict):
-        raise S2CError(f"config key cam.augment must be a mapping of augmentation keys, got {aug!r}")
-    merged = merge_section(AUG_DEFAULTS, aug, "cam.augment")
-    try:
-        TrainAugment(merged)
-    except S2CError as e:
-        raise S2CError(f"config cam.augment: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise S2CError(f"config cam.augment = {aug!r} is malformed ({e}); see s2c.data.transforms.AUG_DEFAULTS") from None
-    return merged

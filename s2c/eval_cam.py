@@ -1,4 +1,4 @@
-"""CAM mIoU against ground truth, with the background threshold searched on a grid (METHOD.md §7).
+"""Stage ``eval_cam``: CAM mIoU against ground truth, with the background threshold searched on a grid (METHOD.md §7).
 
 Prediction at threshold t = argmax over [t; CAMs of the image's labelled classes]; IoU comes from
 one confusion matrix per threshold accumulated over the whole split in a single pass
@@ -19,35 +19,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import S2CError, cli_main
-from .config import merge_section
+from .cam_store import CAMStore
 from .cli import parse_json_arg
-from .infer_cam import CAMStore
-from .metrics import (DEFAULT_THRESHOLDS, FloorSearch, ThresholdSearch, floor_verdict, with_background,
-                      write_metrics)
+from .data import gt_mask, open_dataset
+from .errors import S2CError, cli_main
+from .metrics import FloorSearch, ThresholdSearch, floor_verdict, with_background, write_metrics
+from .plots import plot_iou_bars
+from .sections import EVAL_CAM_DEFAULTS as DEFAULTS
+from .sections import resolve_eval_cam
 
-DEFAULTS: dict = {
-    "thresholds": list(DEFAULT_THRESHOLDS),
-}
-
-
-def gt_mask(ds, image_id: str) -> np.ndarray:
-    """The GT label map uint8 (H, W) of ``image_id``; S2CError naming the expected file if absent."""
-    m = ds.load_mask(image_id)
-    if m is None:
-        where = ds._mask_path(image_id) if hasattr(ds, "_mask_path") else f"the {ds.split} GT of {ds.root}"
-        raise S2CError(f"no ground-truth label map for image {image_id!r}: {where} is missing; "
-                       "evaluate a split whose images all have masks (e.g. VOC train, val)")
-    return m
+__all__ = ["DEFAULTS", "gt_mask", "evaluate_cams", "main"]
 
 
 def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
                   cfg: dict | None = None, bar: str | Path | None = None, progress: bool = True) -> dict:
     """Search the background threshold for the CAM store ``cams`` on ``split``; write JSON ``out``
     (and a per-class IoU bar chart PNG ``bar``). Returns the metrics dict."""
-    from .data import open_dataset
-
-    cfg = merge_section(DEFAULTS, cfg, "eval_cam")
+    cfg = resolve_eval_cam(cfg)
     try:
         thresholds = [float(t) for t in cfg["thresholds"]]
     except (TypeError, ValueError):
@@ -74,8 +62,6 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
     result = write_metrics(out, cm, names, floors.result(), threshold=t, n_images=search.n_images,
                            miou_by_threshold=curve)
     if bar is not None:
-        from .figures import plot_iou_bars
-
         plot_iou_bars(result, bar, title=f"CAM IoU ({split}, t={t:g})")
     return result
 

@@ -1,4 +1,4 @@
-"""mIoU of a folder of label-map PNGs (pseudo-labels or segmentation predictions) against GT.
+"""Stage ``eval_labels``: mIoU of a folder of label-map PNGs (pseudo-labels or segmentation predictions) against GT.
 
 Every id of the split must have ``<pred>/<id>.png`` (palette or grey, 0 = background, c+1 = class
 c) at the image's size. Writes ``{"miou", "iou", "n_images"}`` (percent values) — eval_cam's keys
@@ -18,19 +18,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import S2CError, cli_main
-from .eval_cam import gt_mask
 from .cli import parse_json_arg
+from .data import gt_mask, open_dataset
+from .errors import S2CError, cli_main
 from .io import read_label_png
 from .metrics import FloorSearch, confusion_matrix, floor_verdict, with_background, write_metrics
+from .plots import plot_iou_bars
 
 
 def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Path,
                     bar: str | Path | None = None, progress: bool = True) -> dict:
     """Accumulate one confusion matrix over ``split`` for the PNGs in ``pred``; write JSON ``out``
     (and a per-class IoU bar chart PNG ``bar``). Returns the metrics dict."""
-    from .data import open_dataset
-
     pred = Path(pred)
     if not pred.is_dir():
         raise S2CError(f"prediction folder not found: {pred} (run pseudo_labels / the segmentation stage first)")
@@ -55,8 +54,6 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
         raise S2CError(f"split {split!r} has no images to evaluate; check data.root and the image list")
     result = write_metrics(out, cm, names, floors.result(), n_images=len(ds.ids))
     if bar is not None:
-        from .figures import plot_iou_bars
-
         plot_iou_bars(result, bar, title=f"IoU of {pred.name} ({split})")
     return result
 

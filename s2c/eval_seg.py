@@ -1,6 +1,6 @@
-"""Stage: evaluate the segmentation network on a split (METHOD.md §7, "Segmentation").
+"""Stage ``eval_seg``: evaluate the segmentation network on a split (METHOD.md §7, "Segmentation").
 
-Loads ``model.pt`` from :mod:`s2c.train_seg`, predicts every image with multi-scale (+ flip)
+Loads ``model.pt`` written by ``train_seg``, predicts every image with multi-scale (+ flip)
 inference — softmax probabilities resized to the image and averaged — optionally refines them with
 denseCRF (:mod:`s2c.refine.crf`), writes one palette PNG ``<id>.png`` per image into ``--out-dir``
 (the whole directory appears atomically) and ``--out-json`` = ``{"miou": %, "iou": {class: %},
@@ -27,27 +27,18 @@ from tqdm import tqdm
 
 from . import train_utils as tu
 from .classes import voc_palette
+from .cli import parse_json_arg
 from .data import open_dataset
 from .data.seg_train import normalize_image
 from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
+from .models import build_deeplab
 from .refine.crf import dense_crf, require_densecrf
-from .config import merge_section
-from .train_seg import _json_arg, build_model, resolve_cfg
+from .sections import EVAL_SEG_DEFAULTS as DEFAULTS
+from .sections import resolve_eval_seg, resolve_seg
 
-#: The eval_seg config section.
-DEFAULTS: dict[str, Any] = {
-    "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
-    "flip": False,       # also average the horizontally flipped image
-    "crf": False,        # denseCRF post-processing: false, true (CRF_DEFAULTS) or a dict overriding some of them
-    "num_workers": 2,    # image-reading workers
-    "amp": False,        # fp16 autocast (CUDA only). Measured on an H100: with EfficientNet-Lite0 every new
-                         # input shape first costs ~1 s (fp16 depthwise-conv kernel setup), so with
-                         # varied image sizes fp32 is faster; ResNet backbones do not pay this.
-}
-
-PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+__all__ = ["DEFAULTS", "CRF_DEFAULTS", "predict_probs", "load_seg_model", "save_palette_png", "eval_seg", "main"]
 
 
 @torch.no_grad()
@@ -90,7 +81,7 @@ def load_seg_model(model_path: str | Path, weights_dir: str | Path | None = None
         raise S2CError(f"cannot read segmentation model {model_path} ({e.__class__.__name__}: {e}); "
                        "re-run train_seg to rewrite it") from None
     # The trained weights replace everything, so never fetch ImageNet weights here.
-    model = build_model({**resolve_cfg(cfg), "pretrained": False}, K, weights_dir)
+    model = build_deeplab({**resolve_seg(cfg), "pretrained": False}, K, weights_dir)
     model.load_state_dict(sd)
     return model.to(device).eval(), {k: v for k, v in ck.items() if k != "model"}
 
@@ -146,7 +137,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
     Images without GT (e.g. a test split) are predicted and saved but not scored; ``n_images`` counts
     the scored ones and ``miou`` is null when none has GT.
     """
-    cfg = merge_section(DEFAULTS, cfg, "eval_seg")
+    cfg = resolve_eval_seg(cfg)
     scales = [float(s) for s in cfg["scales"]]
     dev = tu.select_device(device)
     model, meta = load_seg_model(model_path, weights_dir, dev)
@@ -193,15 +184,16 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2c.eval_seg", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="model.pt written by train_seg")
-    p.add_argument("--data-cfg", type=_json_arg, required=True, help="the config's data section (JSON)")
+    p.add_argument("--data-cfg", required=True, help="the config's data section (JSON or @file.json)")
     p.add_argument("--split", required=True, help="split to evaluate, e.g. val")
     p.add_argument("--out-json", type=Path, required=True, help="metrics JSON (e.g. metrics/seg_val.json)")
     p.add_argument("--out-dir", type=Path, default=None, help="directory for <id>.png predictions (optional)")
-    p.add_argument("--cfg", type=_json_arg, default={}, help="eval config (JSON); defaults in s2c.eval_seg.DEFAULTS")
+    p.add_argument("--cfg", default="{}", help="eval config (JSON); defaults in s2c.sections.EVAL_SEG_DEFAULTS")
     p.add_argument("--weights-dir", type=Path, default=None, help="where backbone weights are cached")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = p.parse_args(argv)
-    m = eval_seg(a.model, a.data_cfg, a.split, a.out_json, a.out_dir, a.cfg, a.device, a.weights_dir)
+    m = eval_seg(a.model, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out_json, a.out_dir,
+                 parse_json_arg(a.cfg, "--cfg"), a.device, a.weights_dir)
     print(f"eval_seg: {a.split} mIoU {m['miou']} over {m['n_images']} images → {a.out_json}")
     return 0
 

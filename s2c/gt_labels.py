@@ -16,14 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cli import parse_json_arg
+from .data import open_dataset
 from .errors import S2CError, cli_main
 from .io import atomic_path, save_label_png
 
 
 def write_gt_labels(data_cfg: dict, split: str, out: str | Path, progress: bool = True) -> Path:
     """``<out>/<id>.png`` for every id of ``split``; S2CError naming the first image without GT."""
-    from .data import open_dataset
-
     ds = open_dataset(data_cfg, split)
     out = Path(out)
     with atomic_path(out) as tmp:

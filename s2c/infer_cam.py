@@ -1,4 +1,4 @@
-"""Multi-scale × flip CAM inference into one compact HDF5 store per (run, split).
+"""Stage ``infer_cam``: multi-scale × flip CAM inference into one compact HDF5 store per (run, split).
 
 For every image of a split, the trained classifier runs at scales (0.5, 1, 1.5, 2) on the image
 and its horizontal flip (METHOD.md §7); ReLU CAMs of the image's *labelled* classes are resized to
@@ -6,12 +6,7 @@ the image size, summed, and each class is divided by its max. The store holds, p
 the (K, H, W) float16 CAMs and the K foreground class indices — nothing for absent classes, which
 keeps a VOC train store at ~1/10 of a dense one.
 
-Store layout (HDF5, format version :data:`STORE_VERSION`)::
-
-    /images/<id>/cams     float16 (K, H, W), values in [0, 1], lzf-compressed
-    /images/<id>/classes  int16 (K,), foreground indices 0..C-1 (ascending)
-    attrs: format_version, split, class_set, class_names (C,), num_classes, ids (ordered),
-           scales, flip, model_sha256, image_list_hash
+The store layout and its reader are :mod:`s2c.cam_store` (``CAMStore``, ``write_cam_store``).
 
 CLI::
 
@@ -22,30 +17,28 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data.transforms import normalize
-from .config import merge_section
-from .cli import parse_json_arg  # noqa: F401  (re-exported: older imports)
+from .cam_store import STORE_VERSION, CAMStore, write_cam_store
+from .cli import parse_json_arg
+from .data import open_dataset
+from .data.transforms import TrainAugment, normalize
 from .errors import S2CError, cli_main
-from .io import atomic_path, sha256_file
+from .io import sha256_file
+from .models import build_classifier
+from .sections import INFER_CAM_DEFAULTS as DEFAULTS
+from .sections import resolve_infer_cam
+from .train_utils import select_device
 
-STORE_VERSION = 1
-
-DEFAULTS: dict = {
-    "scales": [0.5, 1.0, 1.5, 2.0],
-    "flip": True,
-}
+__all__ = ["DEFAULTS", "STORE_VERSION", "CAMStore", "write_cam_store", "load_classifier", "multiscale_cams",
+           "infer_cams", "main"]
 
 
 # ----------------------------------------------------------------------------- model
@@ -55,8 +48,6 @@ def load_classifier(path: str | Path, weights_dir: str | Path | None = None,
 
     Returns (model in eval mode on ``device``, the file's metadata without the state dict).
     """
-    from .models import build_classifier
-
     path = Path(path)
     if not path.is_file():
         raise S2CError(f"model file not found: {path} (run train_cam first)")
@@ -111,87 +102,11 @@ def multiscale_cams(model: torch.nn.Module, image: np.ndarray, classes: Sequence
     return acc.float().cpu().numpy()
 
 
-# ----------------------------------------------------------------------------- store
-class CAMStore:
-    """Reader of an infer_cam HDF5 store; opens lazily (safe to create before forking workers).
-
-    ``get(id) -> (cams float32 (K, H, W), classes int64 (K,))``.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise S2CError(f"CAM store not found: {self.path} (run infer_cam for this split first)")
-        self._f: h5py.File | None = None
-        f = self._file()
-        version = int(f.attrs.get("format_version", -1))
-        if version != STORE_VERSION:
-            raise S2CError(f"CAM store {self.path} has format version {version}, expected {STORE_VERSION}; "
-                           "delete it and re-run infer_cam")
-        self.attrs = {k: _py(v) for k, v in f.attrs.items()}
-        self.ids: list[str] = list(self.attrs["ids"])
-        self.class_names: list[str] = list(self.attrs["class_names"])
-        self.num_classes: int = int(self.attrs["num_classes"])
-        self.close()  # re-opened on first get(), in the process that reads
-
-    def _file(self) -> h5py.File:
-        if self._f is None:
-            try:
-                self._f = h5py.File(self.path, "r")
-            except OSError as e:
-                raise S2CError(f"cannot open CAM store {self.path} ({e}); delete it and re-run infer_cam") from None
-        return self._f
-
-    def __contains__(self, image_id: str) -> bool:
-        return f"images/{image_id}" in self._file()
-
-    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        f = self._file()
-        key = f"images/{image_id}"
-        if key not in f:
-            raise S2CError(f"CAM store {self.path} has no image {image_id!r}; re-run infer_cam for this split")
-        g = f[key]
-        return g["cams"][()].astype(np.float32), g["classes"][()].astype(np.int64)
-
-    def check_covers(self, ids: Sequence[str], class_names: Sequence[str], split: str = "") -> None:
-        """Refuse a store made for another class list or lacking some of ``ids`` (a store of a
-        superset split, e.g. train_aug for evaluating train, is fine)."""
-        if list(class_names) != self.class_names:
-            raise S2CError(f"CAM store {self.path} was made for another class list; re-run infer_cam")
-        have = set(self.ids)
-        missing = [i for i in ids if i not in have]
-        if missing:
-            raise S2CError(f"CAM store {self.path} (split {self.attrs.get('split')!r}) lacks {len(missing)} "
-                           f"image(s) of split {split!r}, e.g. {missing[0]!r}; run infer_cam on a split "
-                           "containing them")
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-    def __getstate__(self):  # picklable for DataLoader workers: the handle is reopened there
-        d = dict(self.__dict__)
-        d["_f"] = None
-        return d
-
-
-def _py(v):
-    if isinstance(v, np.ndarray):
-        return [x.decode() if isinstance(x, bytes) else x.item() if hasattr(x, "item") else x for x in v]
-    if isinstance(v, bytes):
-        return v.decode()
-    return v.item() if hasattr(v, "item") else v
-
-
 def infer_cams(model_path: str | Path, data_cfg: dict, split: str, out: str | Path,
                cfg: dict | None = None, device: str = "auto",
                weights_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Run multi-scale CAM inference over ``split`` and write the HDF5 store ``out`` atomically."""
-    from .data import open_dataset
-    from .train_utils import select_device
-
-    cfg = merge_section(DEFAULTS, cfg, "infer_cam")
+    cfg = resolve_infer_cam(cfg)
     scales = [float(s) for s in cfg["scales"]]
     if not scales or any(s <= 0 for s in scales):
         raise S2CError(f"infer_cam: 'scales' must be a non-empty list of positive numbers, got {cfg['scales']}")
@@ -230,40 +145,11 @@ def infer_cams(model_path: str | Path, data_cfg: dict, split: str, out: str | Pa
 def training_long_side_range(meta: dict) -> tuple[float, float] | None:
     """(lo, hi) long side in pixels the classifier was trained at (``cam.augment.resize_long`` in
     model.pt's config), or None when the model does not record one."""
-    from .data.transforms import TrainAugment
-
     try:
         lo, hi = TrainAugment((meta.get("cam_cfg") or {}).get("augment") or {}).resize_long
         return float(lo), float(hi)
     except (S2CError, TypeError, ValueError):  # an old or foreign model.pt: no check to make
         return None
-
-
-@contextlib.contextmanager
-def write_cam_store(out: str | Path, attrs: dict) -> Iterator[Callable[[str, np.ndarray, np.ndarray], None]]:
-    """Write a CAM store atomically; yields ``put(id, cams float (K, H, W), classes int (K,))``.
-
-    attrs must hold split, class_names and ids (the ordered image list); format_version and
-    num_classes are added. The file appears at ``out`` only when the block completes.
-    """
-    missing = {"split", "class_names", "ids"} - set(attrs)
-    if missing:
-        raise ValueError(f"write_cam_store: attrs lack {sorted(missing)}")
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({**attrs, "format_version": STORE_VERSION, "num_classes": len(attrs["class_names"])})
-        images = f.create_group("images")
-
-        def put(image_id: str, cams: np.ndarray, classes: np.ndarray) -> None:
-            classes = np.asarray(classes).reshape(-1)
-            if cams.ndim != 3 or cams.shape[0] != classes.size:
-                raise ValueError(f"put({image_id!r}): cams {cams.shape} vs {classes.size} classes")
-            g = images.create_group(image_id)
-            # one chunk per class map: readers take whole images; lzf is cheap to decode
-            kw = dict(compression="lzf", chunks=(1, *cams.shape[1:])) if classes.size else {}
-            g.create_dataset("cams", data=np.asarray(cams, dtype=np.float16), **kw)
-            g.create_dataset("classes", data=classes.astype(np.int16))
-
-        yield put
 
 
 @cli_main

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .classes import voc_palette
 from .errors import S2CError
 
 
@@ -98,8 +99,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 (H, W) label map as a VOC-palette PNG (not atomic: used inside a temp dir)."""
-    from .classes import voc_palette
-
     im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
     im.putpalette(voc_palette())
     im.save(path)

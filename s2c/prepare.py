@@ -25,8 +25,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .data.coco import _split_paths
+from .data.voc import read_id_list
 from .errors import S2CError, cli_main
 from .io import atomic_path
+from .weights import SAM_OFFICIAL
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html"
@@ -76,8 +79,6 @@ def _voc_gt_dir(root: Path, data_cfg: dict) -> Path:
 
 
 def check_voc(data_cfg: dict, train: list[str], evals: list[str]) -> tuple[list[Problem], dict]:
-    from .data.voc import read_id_list
-
     root = Path(data_cfg["root"])
     problems: list[Problem] = []
     summary: dict = {}
@@ -136,8 +137,6 @@ def check_voc(data_cfg: dict, train: list[str], evals: list[str]) -> tuple[list[
 
 
 def check_coco(data_cfg: dict, splits: list[str], quick: bool) -> tuple[list[Problem], dict]:
-    from .data.coco import _split_paths
-
     root = Path(data_cfg["root"])
     if not root.is_dir():
         return [Problem(f"COCO root folder {root}", "data.root", COCO_HOW)], {}
@@ -174,8 +173,6 @@ def check_coco(data_cfg: dict, splits: list[str], quick: bool) -> tuple[list[Pro
 def check_weights(sam_model_type: str | None, sam_checkpoint: str | None, pretrained: list[str]) -> list[Problem]:
     """User-supplied weight files (provisioned ones, MobileSAM and EfficientNet-Lite0, are fetched by
     the workflow itself)."""
-    from .weights import SAM_OFFICIAL
-
     problems = []
     if sam_model_type in SAM_OFFICIAL:
         name, url, _ = SAM_OFFICIAL[sam_model_type]
@@ -198,8 +195,6 @@ def layout_inputs(data_cfg: dict, splits: list[str]) -> list[str]:
     root = Path(data_cfg["root"])
     if data_cfg.get("kind", "voc") == "voc":
         return [str(root / "ImageSets" / "Segmentation" / f"{s}.txt") for s in dict.fromkeys(splits)]
-    from .data.coco import _split_paths
-
     return [str(_split_paths(root, s, data_cfg)[1]) for s in dict.fromkeys(splits)]
 
 

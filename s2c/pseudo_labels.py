@@ -1,4 +1,4 @@
-"""CAMs → pixel pseudo-labels (palette PNGs), with an optional refinement (METHOD.md §7).
+"""Stage ``pseudo_labels``: CAMs → pixel pseudo-labels (palette PNGs), with an optional refinement (METHOD.md §7).
 
 - ``none``: argmax over [t; CAMs] with the background threshold t (eval_cam's searched value
   from ``--threshold-json``, or ``threshold`` fixed in the config, which takes precedence);
@@ -32,35 +32,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .cam_store import CAMStore
+from .cli import parse_json_arg
+from .data import open_dataset
 from .errors import S2CError, cli_main
-from .config import merge_section
-from .infer_cam import CAMStore, parse_json_arg
 from .io import atomic_path, save_label_png
 from .metrics import read_metrics
 from .refine import cams_to_label
-from .refine.crf import CRF_DEFAULTS, alpha_for_threshold, crf_label, require_densecrf
-from .refine.sam_post import SAM_DEFAULTS, sam_refine
+from .refine.crf import alpha_for_threshold, crf_label, require_densecrf
+from .refine.sam_post import sam_refine
+from .sam.cache import SEMapReader
+from .sections import PSEUDO_DEFAULTS as DEFAULTS
+from .sections import REFINEMENTS
+from .sections import resolve_pseudo as resolve_cfg
 
-REFINEMENTS = ("none", "crf", "sam")
-
-DEFAULTS: dict = {
-    "threshold": None,   # None → the "threshold" of --threshold-json
-    "refine": "none",
-    "crf": dict(CRF_DEFAULTS),
-    "sam": dict(SAM_DEFAULTS),
-}
-
-def resolve_cfg(cfg: dict | None) -> dict:
-    """Merge the pseudo_labels section over DEFAULTS (sub-sections too) and validate it."""
-    cfg = dict(cfg or {})
-    subs = ("crf", "sam")
-    out = merge_section({k: v for k, v in DEFAULTS.items() if k not in subs},
-                        {k: v for k, v in cfg.items() if k not in subs}, "pseudo_labels", ignore=subs)
-    out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo_labels.crf")
-    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo_labels.sam")
-    if out["refine"] not in REFINEMENTS:
-        raise S2CError(f"pseudo_labels.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
-    return out
+__all__ = ["DEFAULTS", "REFINEMENTS", "resolve_cfg", "resolve_threshold", "make_pseudo_labels", "main"]
 
 
 def resolve_threshold(cfg: dict, threshold_json: str | Path | None) -> float:
@@ -86,8 +72,6 @@ def resolve_threshold(cfg: dict, threshold_json: str | Path | None) -> float:
 
 def open_se_reader(se_manifest: str | Path):
     """SEMapReader over a manifest of the SE cache (s2c.sam.cache)."""
-    from .sam.cache import SEMapReader
-
     return SEMapReader(se_manifest)
 
 
@@ -99,8 +83,6 @@ def make_pseudo_labels(cams: str | Path, data_cfg: dict, split: str, out: str | 
     se: for refine ``sam``, an object with ``.se_map(id) -> int (H, W)`` (e.g. SEMapReader) or a
     manifest path. Returns ``out``.
     """
-    from .data import open_dataset
-
     cfg = resolve_cfg(cfg)
     t = resolve_threshold(cfg, threshold_json)
     refine = cfg["refine"]

@@ -29,25 +29,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .cli import parse_json_arg
 from .config import merge_section
 from .errors import S2CError, cli_main
+from .sam.build import DEFAULT_MODEL_TYPE, RANDOM_CHECKPOINT, load_sam, resolve_device
 from .sam.cache import EmbeddingReader, PartWriter, make_identity
 from .sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
-from .sam_embed import (
-    RANDOM_CHECKPOINT,
-    add_part_args,
-    embed_settings,
-    handle_corrupt,
-    iter_images,
-    load_sam,
-    open_part,
-    parse_json_arg,
-)
+from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
 
 log = logging.getLogger(__name__)
 
 SE_DEFAULTS: dict[str, Any] = {
-    "model_type": "vit_t",
+    "model_type": DEFAULT_MODEL_TYPE,
     "checkpoint": None,
     "skip_corrupt": False,
     "num_workers": 2,
@@ -76,13 +69,11 @@ def run_sam_everything(
     store (part store or manifest) to decode from when ``everything.reuse_embedding`` is on; it must
     have been built by the same SAM checkpoint over the same image list.
     """
-    from .sam.build import resolve_device
-
     cfg = merge_section(SE_DEFAULTS, cfg, "sam", ignore=_SAM_SECTION_OTHER)
     ev = resolve_everything_cfg(cfg["everything"])
     ds, ids = open_part(data_cfg, split, part, parts)
     if sam is None:
-        sam, checkpoint_sha256 = load_sam(cfg, weights_dir, str(resolve_device(device)))
+        sam, checkpoint_sha256 = load_sam(cfg["model_type"], cfg["checkpoint"], weights_dir, str(resolve_device(device)))
     identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, everything_settings(ev), ds.image_list_hash())
     embeddings = None
     if decodes_cached_embedding(ev):

@@ -84,7 +84,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,103 +92,30 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import train_utils as tu
+from .cli import parse_json_arg
+from .cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
 from .cpm_diagnostics import FIELDS as DIAG_FIELDS
-from .config import merge_section
+from .data import open_dataset
+from .data.cam_train import CAMTrainDataset, collate
+from .data.transforms import Geometry, denormalize
 from .errors import S2CError, cli_main
-from .io import atomic_path, ensure_writable_dir
+from .io import ensure_writable_dir
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
                      normalize_cams, ssc_loss)
+from .models import build_classifier
+from .plots import plot_csv
+from .sam import prompt as sam_prompt
+from .sam.build import DEFAULT_MODEL_TYPE, load_sam
+from .sam.cache import EmbeddingReader, SEMapReader
+from .sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
+from .sections import resolve_cam as resolve_cfg
+
+__all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
+           "cpm_targets", "compute_losses", "train_cam", "main"]
 
 log = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 6,
-    "batch_size": 8,
-    "lr": 0.02,
-    "lr_mult_new": 1.0,
-    "weight_decay": 5e-4,
-    "momentum": 0.0,
-    "poly_power": 0.9,
-    "seed": 0,
-    "num_workers": 2,
-    "amp": False,
-    "augment": {},
-    "sam_mode": "cached",
-    "ablation": None,
-    "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "size": None,
-            "weight": 1.0},
-    "cpm": {
-        "enabled": True, "start_epoch": 1, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
-        "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
-        "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
-        "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
-    },
-    "diagnostics": {"enabled": True, "n_images": 16, "every": 1},
-}
-MODEL_KEYS = ("backbone", "pretrained", "output_stride", "freeze_bn", "freeze_stem", "feat_dim")
-
-# The paper's ablation rows (METHOD.md §6) as overrides of the keys above.
-ABLATIONS: dict[str, dict] = {
-    "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1: 50.1
-    "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1: 57.3
-    "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
-    "s2c": {},                                                                   # Table 1: 76.1
-    "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
-    "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
-    "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
-    "cam_confidence": {"cpm": {"confidence": "cam"}},                            # (no SAM score)
-    "no_background": {"cpm": {"loss": "l1"}},                                    # Table 2: 74.9
-}
-#: CAM mIoU (VOC train) the paper reports for each ablation row (Tables 1 / 2; None: not reported).
-PAPER_VOC_CAM: dict[str, float | None] = {
-    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "single_peak": 73.0,
-    "no_confidence": 72.7, "sam_confidence": 73.2, "cam_confidence": None, "no_background": 74.9,
-}
-_CHOICES = {
-    ("sam_mode",): ("cached", "online"), ("ssc", "level"): ("feature", "logit"),
-    ("cpm", "prompt_cam"): ("step", "multiscale"), ("cpm", "alpha_sam"): ("logits", "sigmoid", "stability"),
-    ("cpm", "confidence"): ("both", "sam", "cam", "none"), ("cpm", "background"): ("uncovered", "tau"),
-    ("cpm", "loss"): ("ce", "l1"), ("cpm", "batching"): ("pad", "group"),
-}
-
-
-def resolve_cfg(cfg: dict | None) -> dict:
-    """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
-
-    Model keys are filled from :data:`s2c.models.classifier.CAM_DEFAULTS` (the one place defining
-    them) for :func:`s2c.models.build_classifier`.
-    """
-    from .models.classifier import CAM_DEFAULTS, cfg_get
-
-    cfg = dict(cfg or {})
-    model = cfg_get({k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}, CAM_DEFAULTS, "cam")
-    out = merge_section(TRAIN_DEFAULTS, cfg, "cam", recurse=True, opaque={"augment"})
-    if out["ablation"] is not None:
-        if out["ablation"] not in ABLATIONS:
-            raise S2CError(f"cam.ablation {out['ablation']!r} unknown; use one of {sorted(ABLATIONS)} or null")
-        out = merge_section(out, ABLATIONS[out["ablation"]], "cam", recurse=True, opaque={"augment"})
-    for path, allowed in _CHOICES.items():
-        v = out
-        for p in path:
-            v = v[p]
-        if v not in allowed:
-            raise S2CError(f"cam.{'.'.join(path)} = {v!r}; use one of {list(allowed)}")
-    if isinstance(out["cpm"]["multimask_index"], str) and out["cpm"]["multimask_index"].strip().isdigit():
-        out["cpm"]["multimask_index"] = int(out["cpm"]["multimask_index"])  # --config gives strings
-    if out["cpm"]["multimask_index"] not in (0, 1, 2, "best"):
-        raise S2CError(f"cam.cpm.multimask_index = {out['cpm']['multimask_index']!r}; use 0, 1, 2 or \"best\"")
-    for k in ("epochs", "batch_size"):
-        if not isinstance(out[k], int) or out[k] < 1:
-            raise S2CError(f"cam.{k} must be a positive integer, got {out[k]!r}")
-    cpm = out["cpm"]
-    if cpm["start_step"] is not None and cpm["start_fraction"] is not None:
-        raise S2CError("cam.cpm.start_step and cam.cpm.start_fraction are both set; keep one (the other null)")
-    if cpm["start_step"] is not None and (not isinstance(cpm["start_step"], int) or cpm["start_step"] < 0):
-        raise S2CError(f"cam.cpm.start_step must be an integer >= 0 or null, got {cpm['start_step']!r}")
-    if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
-                                                  and 0 <= cpm["start_fraction"] <= 1):
-        raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
-    return {**out, **model}
+LOSS_FIELDS = ["step", "epoch", "lr", "loss", "loss_cls", "loss_ssc", "loss_cpm", "step_time"]
 
 
 def cpm_start_step(cpm: dict, steps_per_epoch: int, total_steps: int) -> int:
@@ -210,15 +137,13 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
     peaks go back to original-image coordinates, the decoder runs on the cached embedding, its
     logits are warped into the crop. ``online``: each crop is encoded like the reference.
     """
-    from .data.transforms import denormalize
-    from .sam.prompt import decode_prompts, encode_images, sam_input_size
-
     labels, valid = batch["labels"], batch["valid"]
     B, _, h, w = prompt_cam.shape
     peaks = find_peaks(prompt_cam, labels, cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
                        valid, cpm["exclude_border"])
     if mode == "online":
-        emb = encode_images(sam, list(denormalize(batch["image"])))  # (B, 256, 64, 64): the reference's cost
+        # (B, 256, 64, 64): the reference's cost
+        emb = sam_prompt.encode_images(sam, list(denormalize(batch["image"])))
     target = torch.empty(B, h, w, dtype=torch.long, device=prompt_cam.device)
     for b in range(B):
         classes = torch.tensor([c for c, _ in peaks[b]], dtype=torch.long, device=prompt_cam.device)
@@ -228,14 +153,16 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
         # SAM's prompt encoder takes pixel indices (it adds 0.5 itself); peaks are pixel centres
         pts = [p.cpu().numpy() for _, p in peaks[b]]
         if mode == "online":
-            logits, _ = decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w), sam_input_size((h, w)),
-                                       cpm["multimask_index"], batching=cpm["batching"])
+            logits, _ = sam_prompt.decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w),
+                                                  sam_prompt.sam_input_size((h, w)), cpm["multimask_index"],
+                                                  batching=cpm["batching"])
         else:
             geo = batch["geometry"][b]
             orig = tuple(batch["orig_size"][b].tolist())
-            logits, _ = decode_prompts(sam, batch["embedding"][b], [geo.points_to_orig(p) - 0.5 for p in pts],
-                                       orig, tuple(batch["input_size"][b].tolist()), cpm["multimask_index"],
-                                       batching=cpm["batching"])
+            logits, _ = sam_prompt.decode_prompts(sam, batch["embedding"][b],
+                                                  [geo.points_to_orig(p) - 0.5 for p in pts], orig,
+                                                  tuple(batch["input_size"][b].tolist()), cpm["multimask_index"],
+                                                  batching=cpm["batching"])
             logits = geo.warp_to_crop_torch(logits, "bilinear", fill=-20.0)  # padding: confidently "no mask"
         target[b] = cpm_pseudo_label(prompt_cam[b], classes, logits.to(prompt_cam.device), valid[b],
                                      cpm["alpha_sam"], cpm["confidence"], cpm["background"], cpm["tau"])
@@ -275,11 +202,10 @@ def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = Fals
 
 # ---------------------------------------------------------------------------------------- setup
 def load_sam_for_training(sam_cfg: dict, weights_dir, device) -> tuple[Any, str]:
-    """(sam on device, checkpoint sha256) from ``{"model_type", "checkpoint"}``."""
-    from .sam_embed import EMBED_DEFAULTS, load_sam
-
-    cfg = {**EMBED_DEFAULTS, **{k: v for k, v in (sam_cfg or {}).items() if k in ("model_type", "checkpoint")}}
-    sam, sha = load_sam(cfg, weights_dir, str(device))
+    """(frozen sam on device, checkpoint sha256) from ``{"model_type", "checkpoint"}``."""
+    sam_cfg = sam_cfg or {}
+    sam, sha = load_sam(sam_cfg.get("model_type", DEFAULT_MODEL_TYPE), sam_cfg.get("checkpoint"), weights_dir,
+                        str(device))
     sam.requires_grad_(False)
     return sam, sha
 
@@ -287,10 +213,6 @@ def load_sam_for_training(sam_cfg: dict, weights_dir, device) -> tuple[Any, str]
 def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se_manifest=None,
                   embed_expect: dict | None = None):
     """(CAMTrainDataset, SegDataset); caches are checked against the image list (and the SAM)."""
-    from .data import open_dataset
-    from .data.cam_train import CAMTrainDataset
-    from .sam.cache import EmbeddingReader, SEMapReader
-
     ds = open_dataset(data_cfg, split)
     h = ds.image_list_hash()
     se = emb = None
@@ -314,137 +236,126 @@ def _to(batch: dict, device) -> dict:
 # ---------------------------------------------------------------------------------------- train
 def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: str | os.PathLike = "weights",
               cfg: dict | None = None, sam_cfg: dict | None = None, embed_manifest=None, se_manifest=None,
-              device: str = "auto", stop_after_epochs: int | None = None, progress: bool = True,
-              model: torch.nn.Module | None = None) -> Path | None:
+              device: str = "auto", on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+              progress: bool = True, model: torch.nn.Module | None = None) -> Path | None:
     """Train (or resume) the CAM classifier; returns ``<out>/model.pt`` (None when stopped early).
 
-    ``stop_after_epochs`` ends this process after that many epochs *of this run* (checkpoint kept,
-    no model.pt): a controlled stand-in for a killed job in tests. ``model`` replaces the one
+    ``on_epoch_end(epoch, {"loss": mean epoch loss, "step": steps done})`` runs after each epoch's
+    checkpoint on every rank; a true return value ends training there (checkpoint kept, no
+    model.pt): an early stop, or a stand-in for a killed job in tests. ``model`` replaces the one
     :func:`s2c.models.build_classifier` would build (tiny models in tests; it must have the
     CAMClassifier interface, and model.pt then only loads into the same architecture).
     """
-    from .models import build_classifier
-
     cfg = resolve_cfg(cfg)
-    rank, world, _ = tu.ddp_init("nccl" if device != "cpu" and torch.cuda.is_available() else "gloo")
-    dev = tu.select_device(device)
     out = ensure_writable_dir(out)
-    tu.seed_everything(cfg["seed"] + rank)
+    dev = tu.select_device(device)
+    rank, world, _ = tu.ddp_init("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        return _train(data_cfg, split, out, weights_dir, cfg, sam_cfg, embed_manifest, se_manifest, dev,
+                      on_epoch_end, progress, model, rank, world)
+    finally:
+        tu.ddp_cleanup()
 
+
+def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest, se_manifest, dev, on_epoch_end,
+           progress, model, rank: int, world: int) -> Path | None:
+    tu.seed_everything(cfg["seed"] + rank)
     use_sam = cfg["cpm"]["enabled"]
     sam, sha = load_sam_for_training(sam_cfg or {}, weights_dir, dev) if use_sam else (None, None)
     embed_expect = {"model_type": sam.model_type, "checkpoint_sha256": sha} if use_sam else None
     data, ds = build_dataset(data_cfg, split, cfg, embed_manifest, se_manifest, embed_expect)
-    C = ds.num_classes
     if model is None:
-        model = build_classifier({k: cfg[k] for k in MODEL_KEYS if k in cfg}, C, weights_dir)
+        model = build_classifier({k: cfg[k] for k in MODEL_KEYS if k in cfg}, ds.num_classes, weights_dir)
     model = model.to(dev)
     opt = torch.optim.SGD(model.param_groups(cfg["lr_mult_new"]), lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"], drop_last=True)
-    if len(data) // world < cfg["batch_size"]:
-        raise S2CError(f"split {split!r} has {len(data)} images: fewer than cam.batch_size={cfg['batch_size']} "
-                       f"per process × {world}; lower cam.batch_size")
-    loader = DataLoader(data, cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"],
-                        collate_fn=_collate(), drop_last=True, pin_memory=dev.type == "cuda",
-                        persistent_workers=False)
-    steps_per_epoch, epochs = len(loader), cfg["epochs"]
-    total = steps_per_epoch * epochs
-    cpm_from = cpm_start_step(cfg["cpm"], steps_per_epoch, total)
-    if cfg["cpm"]["enabled"]:
-        log.info("L_CPM from step %d of %d (%d steps per epoch)", cpm_from, total, steps_per_epoch)
-        if cpm_from >= total:
-            log.warning("cam.cpm starts at step %d but the schedule has only %d steps: CPM never runs",
-                        cpm_from, total)
-
+    loader, sampler = _make_loader(data, cfg, dev, rank, world, split)
+    epochs, total = cfg["epochs"], len(loader) * cfg["epochs"]
+    cpm_from = _cpm_from(cfg["cpm"], len(loader), total)
     diag = _diagnostics(model, sam, data, ds, cfg, dev) if tu.is_main() else None
-    ckpt = tu.Checkpointer(out)
     # Resume only a run over the same config and inputs (a killed job); a job rerun because its
     # config, image list or caches changed starts from scratch.
     identity = {"cfg": {k: v for k, v in cfg.items() if k != "num_workers"},
                 "inputs": {"images": ds.image_list_hash(),
                            "caches": tu.inputs_fingerprint(embed_manifest, se_manifest)}}
-    state = tu.load_resumable(ckpt, identity)
-    start_epoch, step = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        tu.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-        start_epoch, step = state["epoch"], state["step"]
-        log.info("resuming from %s at epoch %d (step %d)", ckpt.path, start_epoch, step)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    run = tu.TrainingRun(out, identity, LOSS_FIELDS, world, ["loss", "loss_cls", "loss_ssc", "loss_cpm"],
+                         title=f"train_cam ({split})")
+    start_epoch, step = run.resume(model, opt, rank=rank)
+    model = tu.wrap_ddp(model, dev, world)
     amp = cfg["amp"] and dev.type == "cuda"
-    fields = ["step", "epoch", "lr", "loss", "loss_cls", "loss_ssc", "loss_cpm", "step_time"]
-    logger = tu.CSVLogger(out / "losses.csv", fields, resume_step=step if state else None) if tu.is_main() else None
-    diag_log = (tu.CSVLogger(out / "cpm_diag.csv", DIAG_FIELDS, resume_step=step + 1 if state else None)
+    diag_log = (tu.CSVLogger(out / "cpm_diag.csv", DIAG_FIELDS, resume_step=step + 1 if run.resumed else None)
                 if diag is not None else None)
-
     model.train()
-    done = start_epoch
-    for epoch in range(start_epoch, epochs):
-        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
-            break
-        sampler.set_epoch(epoch)
-        data.set_epoch(epoch)
-        for batch in tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{epochs}", disable=not (progress and tu.is_main())):
-            t0 = time.perf_counter()
-            use_cpm = cfg["cpm"]["enabled"] and step >= cpm_from
-            for g in opt.param_groups:
-                g["lr"] = tu.poly_lr(cfg["lr"], step, total, cfg["poly_power"]) * g["lr_mult"]
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                parts = compute_losses(model, _to(batch, dev), cfg, sam, use_cpm)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            step += 1
-            if logger:
-                logger.log({"step": step - 1, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                            "step_time": round(time.perf_counter() - t0, 4),
-                            **{k: float(tu.all_reduce_mean(v.detach())) for k, v in parts.items()}})
-            elif world > 1:
-                for v in parts.values():
-                    tu.all_reduce_mean(v.detach())  # keep the collective calls matched across ranks
-        if diag_log is not None and ((epoch + 1) % max(1, int(cfg["diagnostics"]["every"])) == 0
-                                     or epoch + 1 == epochs):
-            row = {"epoch": epoch + 1, "step": step, **diag()}
-            diag_log.log(row)
-            log.info("CPM diagnostics after epoch %d: %s", epoch + 1, row)
-            tu.plot_csv(out / "cpm_diag.csv", out / "cpm_diag.png",
-                        ["peak_hit_rate", "peak_chance", "pseudo_miou", "prompt_cam_miou"],
-                        title=f"CPM diagnostics ({split}, {row['n_images']} images)")
-        rngs = _gather_rng(world)
-        if tu.is_main():
-            ckpt.save({"epoch": epoch + 1, "step": step, "model": tu.unwrap(model).state_dict(),
-                       "optimizer": opt.state_dict(), "rng": rngs, "cfg": cfg, "identity": identity})
-            tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"],
-                        title=f"train_cam ({split})")
-        tu.barrier()
-        done = epoch + 1
-    if logger:
-        logger.close()
-    if diag_log is not None:
-        diag_log.close()
-    final = out / "model.pt"
-    finished = done >= epochs
-    if tu.is_main() and finished:
-        if not (out / "losses.png").exists():
-            tu.plot_csv(out / "losses.csv", out / "losses.png", ["loss", "loss_cls", "loss_ssc", "loss_cpm"])
-        with atomic_path(final) as tmp:
-            torch.save({"model": tu.unwrap(model).state_dict(), "cam_cfg": cfg, "num_classes": C,
-                        "class_set": ds.class_set, "input_norm": _input_norm(tu.unwrap(model))}, tmp)
-    tu.barrier()
-    tu.ddp_cleanup()
-    return final if finished else None
+    try:
+        for epoch in range(start_epoch, epochs):
+            sampler.set_epoch(epoch)
+            data.set_epoch(epoch)
+            losses = []
+            for batch in tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{epochs}",
+                              disable=not (progress and tu.is_main())):
+                t0 = time.perf_counter()
+                for g in opt.param_groups:
+                    g["lr"] = tu.poly_lr(cfg["lr"], step, total, cfg["poly_power"]) * g["lr_mult"]
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    parts = compute_losses(model, _to(batch, dev), cfg, sam, use_cpm=use_sam and step >= cpm_from)
+                losses.append(tu.finite_loss(parts["loss"], "train_cam", "lower cam.lr or disable cam.amp"))
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                opt.step()
+                step += 1
+                row = {k: float(tu.all_reduce_mean(v.detach())) for k, v in parts.items()}  # every rank: a collective
+                run.log({"step": step, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                         "step_time": round(time.perf_counter() - t0, 4), **row})
+            if diag_log is not None and ((epoch + 1) % max(1, int(cfg["diagnostics"]["every"])) == 0
+                                         or epoch + 1 == epochs):
+                _log_diagnostics(diag, diag_log, out, split, epoch + 1, step)
+            run.end_epoch(epoch + 1, step, model, opt, cfg=cfg)
+            if on_epoch_end is not None and on_epoch_end(epoch + 1, {"loss": sum(losses) / max(len(losses), 1),
+                                                                     "step": step}):
+                return None
+    finally:
+        run.close()
+        if diag_log is not None:
+            diag_log.close()
+    net = tu.unwrap(model)
+    return run.finish({"model": net.state_dict(), "cam_cfg": cfg, "num_classes": ds.num_classes,
+                       "class_set": ds.class_set, "input_norm": _input_norm(net)})
+
+
+def _make_loader(data, cfg: dict, dev: torch.device, rank: int, world: int, split: str):
+    """(loader, sampler): each process takes its share of a seeded shuffle, full batches only."""
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"], drop_last=True)
+    if len(data) // world < cfg["batch_size"]:
+        raise S2CError(f"split {split!r} has {len(data)} images: fewer than cam.batch_size={cfg['batch_size']} "
+                       f"per process × {world}; lower cam.batch_size")
+    loader = DataLoader(data, cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"],
+                        collate_fn=collate, drop_last=True, pin_memory=dev.type == "cuda",
+                        persistent_workers=False)
+    return loader, sampler
+
+
+def _cpm_from(cpm: dict, steps_per_epoch: int, total: int) -> int:
+    """The first step with L_CPM (:func:`cpm_start_step`), logged; a warning when it never comes."""
+    cpm_from = cpm_start_step(cpm, steps_per_epoch, total)
+    if cpm["enabled"]:
+        log.info("L_CPM from step %d of %d (%d steps per epoch)", cpm_from, total, steps_per_epoch)
+        if cpm_from >= total:
+            log.warning("cam.cpm starts at step %d but the schedule has only %d steps: CPM never runs",
+                        cpm_from, total)
+    return cpm_from
+
+
+def _log_diagnostics(diag, diag_log, out: Path, split: str, epoch: int, step: int) -> None:
+    row = {"epoch": epoch, "step": step, **diag()}
+    diag_log.log(row)
+    log.info("CPM diagnostics after epoch %d: %s", epoch, row)
+    plot_csv(out / "cpm_diag.csv", out / "cpm_diag.png", ["peak_hit_rate", "peak_chance", "pseudo_miou", "prompt_cam_miou"],
+             title=f"CPM diagnostics ({split}, {row['n_images']} images)")
 
 
 def _diagnostics(model, sam, data, ds, cfg: dict, dev):
     """A () → row callable for :func:`s2c.cpm_diagnostics.run_diagnostics`, or None when off
     (disabled, no L_CPM, or no training image with a GT mask)."""
-    from .cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
-    from .data.cam_train import CAMTrainDataset, collate
-    from .data.transforms import Geometry
-
     dcfg, cpm = cfg["diagnostics"], cfg["cpm"]
     if not (dcfg["enabled"] and cpm["enabled"]) or int(dcfg["n_images"]) < 1:
         return None
@@ -489,29 +400,11 @@ def _input_norm(net) -> dict | None:
     return norm() if callable(norm) else None
 
 
-def _collate():
-    from .data.cam_train import collate
-
-    return collate
-
-
-def _gather_rng(world: int):
-    """Every rank's RNG state (rank order) so a resumed DDP run restores each process's streams."""
-    st = tu.rng_state()
-    if world <= 1:
-        return st
-    allst = [None] * world
-    torch.distributed.all_gather_object(allst, st)
-    return allst
-
-
 # ---------------------------------------------------------------------------------------- CLI
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    from .sam_embed import parse_json_arg
-
     p = argparse.ArgumentParser(prog="python -m s2c.train_cam", description=__doc__.split("\n")[0])
-    p.add_argument("--data-cfg", required=True, help="the config's data section as JSON (or a JSON file)")
+    p.add_argument("--data-cfg", required=True, help="the config's data section as JSON (or @file.json)")
     p.add_argument("--split", required=True, help="training split, e.g. train_aug")
     p.add_argument("--embed-manifest", type=Path, default=None, help="SAM embedding cache (manifest or store)")
     p.add_argument("--se-manifest", type=Path, default=None, help="segment-everything cache (manifest or store)")

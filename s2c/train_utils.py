@@ -1,7 +1,8 @@
 """Training plumbing shared by the CAM and segmentation trainers.
 
-Device choice, seeding, the poly LR schedule, resumable checkpoints, a resumable CSV loss log with
-its plot, and thin torch.distributed helpers for ``torchrun`` (gloo on CPU, nccl on CUDA).
+Device choice, seeding, the poly LR schedule, resumable checkpoints, a resumable CSV loss log, thin
+torch.distributed helpers for ``torchrun`` (gloo on CPU, nccl on CUDA), and :class:`TrainingRun`:
+one job's checkpoint / loss log / model file with one convention for both trainers.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch.distributed as dist
 
 from .errors import S2CError
 from .io import atomic_path
+from .plots import plot_csv
 
 log = logging.getLogger(__name__)
 
@@ -211,42 +214,6 @@ class CSVLogger:
         self.close()
 
 
-def plot_csv(csv_path: str | os.PathLike, png_path: str | os.PathLike, columns: Iterable[str],
-             x: str = "step", title: str | None = None) -> Path:
-    """Plot ``columns`` of a CSV against ``x`` (row index when absent) into a PNG (atomic write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def col(name: str) -> np.ndarray:
-        return np.array([float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows])
-
-    xs = col(x) if rows and x in rows[0] else np.arange(len(rows), dtype=float)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for c in columns:
-        if rows and c in rows[0]:
-            ys = col(c)
-            if np.isfinite(ys).any():
-                ax.plot(xs, ys, label=c, linewidth=1)
-    ax.set_xlabel(x)
-    ax.set_ylabel("value")
-    if title:
-        ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return png_path
-
-
 # ----------------------------------------------------------------------------- DDP
 def ddp_init(backend: str | None = None) -> tuple[int, int, int]:
     """Join the process group described by torchrun's env vars; returns (rank, world, local_rank).
@@ -299,3 +266,107 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper (itself otherwise)."""
     return model.module if hasattr(model, "module") else model
+
+
+def wrap_ddp(model: torch.nn.Module, dev: torch.device, world: int) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when ``world > 1`` (one device per process), else itself."""
+    if world <= 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def gather_rng_state(world: int):
+    """Every rank's RNG state (rank order) so a resumed DDP run restores each process's streams;
+    a single process stores its own state. A collective under DDP: call it on every rank."""
+    st = rng_state()
+    if world <= 1:
+        return st
+    allst = [None] * world
+    dist.all_gather_object(allst, st)
+    return allst
+
+
+def finite_loss(loss: torch.Tensor, stage: str, hint: str) -> float:
+    """The loss averaged over ranks as a float; S2CError when it is NaN or infinite (the value is the
+    same on every rank, so all of them stop together)."""
+    value = float(all_reduce_mean(loss.detach()))
+    if not math.isfinite(value):
+        raise S2CError(f"{stage}: loss became {value}; {hint}")
+    return value
+
+
+# ----------------------------------------------------------------------------- one training job
+class TrainingRun:
+    """The files and DDP plumbing of one training job, the same for every trainer.
+
+    In ``out``: ``last.pt`` (the resumable state, rewritten atomically after every epoch),
+    ``losses.csv`` (one row per logged optimizer step; ``step`` = optimizer steps completed, so the
+    first row is step 1 and a checkpoint at step k covers the rows up to k; ``epoch`` counts from
+    1), ``losses.png`` (its plot, redrawn each epoch) and, last and atomically, ``model.pt``.
+
+    A run resumes only a checkpoint with the same ``identity`` (config and input fingerprint) of an
+    unfinished run (:func:`load_resumable`). Only rank 0 writes files; every method is called on
+    every rank (``end_epoch`` and ``finish`` hold collectives).
+    """
+
+    def __init__(self, out: str | os.PathLike, identity: dict, fields: Sequence[str], world: int = 1,
+                 plot_columns: Sequence[str] = ("loss",), title: str | None = None):
+        self.out = Path(out)
+        self.identity, self.fields, self.world = identity, list(fields), world
+        self.plot_columns, self.title = list(plot_columns), title
+        self.ckpt = Checkpointer(self.out)
+        self.csv_path, self.png_path = self.out / "losses.csv", self.out / "losses.png"
+        self.model_path = self.out / "model.pt"
+        self.resumed = False
+        self._log: CSVLogger | None = None
+
+    def resume(self, model: torch.nn.Module, optimizer, scaler=None, rank: int = 0) -> tuple[int, int]:
+        """Restore model, optimizer (, grad scaler) and this rank's RNG streams from ``last.pt`` when
+        it is resumable; open the loss log (keeping the rows the checkpoint covers). Returns
+        ``(epochs completed, optimizer steps completed)``, (0, 0) for a fresh run."""
+        state = load_resumable(self.ckpt, self.identity)
+        start_epoch = step = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+            start_epoch, step = state["epoch"], state["step"]
+            self.resumed = True
+            log.info("resuming from %s at epoch %d (step %d)", self.ckpt.path, start_epoch, step)
+        if is_main():
+            self._log = CSVLogger(self.csv_path, self.fields, resume_step=step + 1 if self.resumed else None)
+        return start_epoch, step
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append a loss-log row (rank 0; a no-op elsewhere)."""
+        if self._log is not None:
+            self._log.log(row)
+
+    def end_epoch(self, epoch: int, step: int, model: torch.nn.Module, optimizer, scaler=None,
+                  **extra: Any) -> None:
+        """After epoch ``epoch`` (1-based, = epochs completed): save ``last.pt`` (model, optimizer,
+        grad scaler, every rank's RNG, the identity and ``extra``), redraw ``losses.png``; barrier."""
+        rngs = gather_rng_state(self.world)
+        if is_main():
+            state = {"epoch": epoch, "step": step, "model": unwrap(model).state_dict(),
+                     "optimizer": optimizer.state_dict(), "rng": rngs, "identity": self.identity, **extra}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            self.ckpt.save(state)
+            plot_csv(self.csv_path, self.png_path, self.plot_columns, title=self.title)
+        barrier()
+
+    def finish(self, payload: dict) -> Path:
+        """Close the loss log and write ``model.pt`` = ``payload`` atomically (rank 0); barrier."""
+        self.close()
+        if is_main():
+            with atomic_path(self.model_path) as tmp:
+                torch.save(payload, tmp)
+        barrier()
+        return self.model_path
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()

@@ -2,7 +2,8 @@
 
 import pytest
 
-from s2c.config import coerce_scalar, merge_section, resolve_sections
+from s2c.config import coerce_scalar, merge_section
+from s2c.sections import resolve_sections
 from s2c.errors import S2CError
 
 

@@ -16,7 +16,8 @@ from s2c.eval_seg import CRF_DEFAULTS, eval_seg, load_seg_model, main, predict_p
 from s2c.io import read_label_png
 from s2c.metrics import confusion_matrix, miou_from_confusion
 from s2c.refine.crf import dense_crf
-from s2c.train_seg import build_model, resolve_cfg
+from s2c.models import build_deeplab
+from s2c.train_seg import resolve_cfg
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "head": "v3plus"}
 PAPER_TTA = {"scales": [0.5, 0.75, 1.0, 1.25, 1.5], "flip": True, "num_workers": 0}
@@ -26,7 +27,7 @@ def _save_model(path, class_set="voc20", K=21, seed=0):
     """A model.pt as train_seg writes it, with random (seeded) weights."""
     torch.manual_seed(seed)
     cfg = resolve_cfg(TINY)
-    model = build_model(cfg, K, None)
+    model = build_deeplab(cfg, K, None)
     torch.save({"model": model.state_dict(), "seg_cfg": cfg, "num_classes": K, "class_set": class_set}, path)
     return path
 

@@ -32,7 +32,8 @@ import pytest
 import torch
 import yaml
 
-from s2c.config import SCHEMA_PATH, resolve_sections, validate_config
+from s2c.config import SCHEMA_PATH, validate_config
+from s2c.sections import resolve_sections
 from s2c.errors import S2CError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,13 +456,13 @@ def test_rerun_forced_train_seg_retrains_and_writes_every_output(synthetic_voc, 
         save_palette_png(labels / f"{i}.png", ds.load_mask(i))
     out = tmp_path / "seg"
     train_seg(data_cfg, "train", labels, out, SEG_TINY, device="cpu")
-    ckpt_mtime = (out / "ckpt" / "last.pt").stat().st_mtime_ns
+    ckpt_mtime = (out / "last.pt").stat().st_mtime_ns
     for f in ("model.pt", "losses.png"):
         (out / f).unlink()
     with caplog.at_level("WARNING"):
         train_seg(data_cfg, "train", labels, out, SEG_TINY, device="cpu")
     assert (out / "model.pt").is_file() and (out / "losses.png").is_file()
-    assert (out / "ckpt" / "last.pt").stat().st_mtime_ns != ckpt_mtime, "the rerun did not train"
+    assert (out / "last.pt").stat().st_mtime_ns != ckpt_mtime, "the rerun did not train"
     assert "finished run" in caplog.text
 
 

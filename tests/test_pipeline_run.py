@@ -115,7 +115,7 @@ def test_killed_train_cam_resumed_from_its_checkpoint(run_dir):
     assert f"at epoch {killed_at}" in log and "resuming from" in log, log[-2000:]
     steps = [int(r.split(",")[0]) for r in
              (work / "results" / RUN / "cam" / "losses.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(len(steps))) and len(steps) == CAM_EPOCHS * 3  # no step lost or repeated
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == CAM_EPOCHS * 3  # no step lost or repeated
 
 
 def _edited(mutate) -> dict:

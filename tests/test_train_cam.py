@@ -368,7 +368,7 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     assert set(m) == {"model", "cam_cfg", "num_classes", "class_set", "input_norm"} and m["num_classes"] == 20
     assert m["class_set"] == "voc20" and m["cam_cfg"]["cpm"]["start_epoch"] == 1
     rows = _csv(tmp_path / "a" / "losses.csv")
-    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[0]["loss_cpm"]) == 0 and float(rows[2]["loss_cpm"]) > 0  # CPM from epoch 1
     assert (tmp_path / "a" / "losses.png").stat().st_size > 1000
 
@@ -390,7 +390,7 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     assert not (tmp_path / "b" / "model.pt").exists()
     assert len(_csv(tmp_path / "b" / "losses.csv")) == 3
     resumed = _run(caches, tmp_path / "b")
-    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [0, 1, 2, 3]
+    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [1, 2, 3, 4]
     mb = torch.load(resumed, weights_only=False)["model"]
     for k, v in m["model"].items():
         assert torch.equal(v, mb[k]), k  # bit-exact: same crops, optimizer state and RNG streams
@@ -400,7 +400,7 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     again = torch.load(resumed, weights_only=False)["model"]
     assert all(torch.equal(v, again[k]) for k, v in m["model"].items())
     _run(caches, tmp_path / "b", cfg=_cfg(lr=0.5))
-    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [0, 1, 2, 3]
+    assert [int(r["step"]) for r in _csv(tmp_path / "b" / "losses.csv")] == [1, 2, 3, 4]
     mc = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
     assert mc["cam_cfg"]["lr"] == 0.5
     assert any(not torch.equal(v, mc["model"][k]) for k, v in m["model"].items())
@@ -446,7 +446,7 @@ def test_ddp_two_gloo_processes(caches, tmp_path):
         assert torch.equal(r0[k], r1[k]), k  # gradients were averaged: replicas stay identical
     assert not torch.equal(r0["classifier.weight"], tiny_model().state_dict()["classifier.weight"])
     # 8 images / (2 processes × batch 2) = 2 steps per epoch, logged once by rank 0
-    assert [int(r["step"]) for r in _csv(tmp_path / "losses.csv")] == [0, 1, 2, 3]
+    assert [int(r["step"]) for r in _csv(tmp_path / "losses.csv")] == [1, 2, 3, 4]
     assert torch.load(tmp_path / "model.pt", weights_only=False)["num_classes"] == 20
 
 

@@ -55,9 +55,9 @@ def test_full_run_writes_model_log_and_checkpoint(full_run, voc):
     assert ck["num_classes"] == 21 and ck["class_set"] == "voc20"
     assert ck["seg_cfg"] == resolve_cfg(TINY)
     assert any(k.endswith("weight") for k in ck["model"])
-    last = torch.load(out / "ckpt" / "last.pt", weights_only=False)
+    last = torch.load(out / "last.pt", weights_only=False)
     assert last["epoch"] == 2 and last["step"] > 0
-    with open(out / "log.csv") as f:
+    with open(out / "losses.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, last["step"] + 1))
     assert all(np.isfinite(float(r["loss"])) for r in rows)
@@ -85,7 +85,7 @@ def test_killed_run_resumes_from_checkpoint(voc, full_run, tmp_path):
     with pytest.raises(Killed):
         train_seg(data_cfg, "train", labels, tmp_path, TINY, device="cpu", on_epoch_end=kill_after_first)
     assert not (tmp_path / "model.pt").exists()
-    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1
 
     epochs_run = []
     train_seg(data_cfg, "train", labels, tmp_path, TINY,
@@ -96,9 +96,9 @@ def test_killed_run_resumes_from_checkpoint(voc, full_run, tmp_path):
     full = torch.load(full_run[0] / "model.pt", weights_only=False)["model"]
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-4, atol=1e-5, msg=k)
-    with open(tmp_path / "log.csv") as f:
+    with open(tmp_path / "losses.csv") as f:
         rows = list(csv.DictReader(f))
-    with open(full_run[0] / "log.csv") as f:
+    with open(full_run[0] / "losses.csv") as f:
         full_rows = list(csv.DictReader(f))
     # every step logged once: rows the checkpoint covers are kept, none repeated
     assert [r["step"] for r in rows] == [r["step"] for r in full_rows]
@@ -109,8 +109,7 @@ def test_checkpoint_of_other_config_or_labels_is_not_resumed(voc, full_run, tmp_
     """Snakemake reruns train_seg after a kill (resume) and after its config or pseudo-labels
     changed: then the old checkpoint must not be resumed."""
     data_cfg, labels = voc
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "last.pt").write_bytes((full_run[0] / "ckpt" / "last.pt").read_bytes())
+    (tmp_path / "last.pt").write_bytes((full_run[0] / "last.pt").read_bytes())
     epochs = []
     train_seg(data_cfg, "train", labels, tmp_path, {**TINY, "lr": 0.5}, device="cpu",
               on_epoch_end=lambda ep, m: epochs.append(ep))

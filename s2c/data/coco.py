@@ -27,7 +27,8 @@ import numpy as np
 
 from ..classes import coco_category_to_index
 from ..errors import S2CError
-from . import SegDataset, cache_dir_for, drop_corrupt
+from .base import SegDataset, cache_dir_for, drop_corrupt
+from .voc import _image_size
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def _split_paths(root: Path, split: str, cfg: dict) -> tuple[Path, Path]:
 
 
 def _load_coco(ann_path: Path):
+    # pycocotools pulls in matplotlib at import: only COCO datasets pay for it
     from pycocotools.coco import COCO
 
     if not ann_path.is_file():
@@ -146,8 +148,6 @@ class COCODataset(SegDataset):
         """Semantic label map uint8 (H, W) at the json's height/width (rule: module docstring)."""
         img = self.coco.imgs[self._stem_to_img[image_id]]
         h, w = int(img["height"]), int(img["width"])
-        from .voc import _image_size
-
         size = _image_size(self.image_path(image_id))
         if size is not None and size != (h, w):
             raise S2CError(

@@ -19,11 +19,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..classes import VOC20
 from ..errors import S2CError
 from ..io import read_label_png
-from . import SegDataset, cache_dir_for, cached_json, drop_corrupt, file_stamp
+from .base import SegDataset, cache_dir_for, cached_json, drop_corrupt, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ def xml_class_indices(path: Path) -> list[int]:
 
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(H, W) from the image header (no decode); None when unreadable (load_image reports that)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.size[1], im.size[0]

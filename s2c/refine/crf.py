@@ -33,7 +33,7 @@ CRF_DEFAULTS: dict = {
 
 def require_densecrf():
     """The (densecrf module, unary_from_softmax); S2CError with the install hint when missing."""
-    try:
+    try:  # optional (the crf extra): only refine 'crf' / eval_seg crf need it
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError:

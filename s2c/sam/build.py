@@ -25,9 +25,12 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import S2CError
+from ..weights import cached_sha256, resolve_sam_checkpoint
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t")
 TEST_MODEL_TYPES = ("vit_test",)
+DEFAULT_MODEL_TYPE = "vit_t"  # the sam section's model_type default (MobileSAM: provisioned, CPU-friendly)
+RANDOM_CHECKPOINT = "random-init"  # checkpoint_sha256 recorded for model_type vit_test
 
 IMG_SIZE = 1024  # SAM's input side; embeddings are (256, IMG_SIZE/16, IMG_SIZE/16)
 EMBED_DIM = 256
@@ -193,3 +196,17 @@ def build_sam(
         load_sam_weights(sam, state_dict, source=str(checkpoint))
     sam.model_type = model_type
     return sam.to(dev).eval()
+
+
+def load_sam(model_type: str, checkpoint: str | os.PathLike | None, weights_dir: str | os.PathLike,
+             device: str | torch.device) -> tuple[Sam, str]:
+    """The configured SAM on ``device`` and its checkpoint's sha256 (the cache identity).
+
+    The checkpoint comes from :func:`s2c.weights.resolve_sam_checkpoint` (MobileSAM provisioned,
+    official files hash-checked); ``vit_test`` is seeded random weights, the same in every job.
+    """
+    if model_type in TEST_MODEL_TYPES:
+        torch.manual_seed(0)  # identical random weights in every part job
+        return build_sam(model_type, None, device), RANDOM_CHECKPOINT
+    ckpt = resolve_sam_checkpoint(model_type, checkpoint, weights_dir)
+    return build_sam(model_type, ckpt, device), cached_sha256(ckpt)

@@ -1,6 +1,6 @@
 # Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
-from s2c.train_cam import ABLATIONS
-from s2c.train_cam import resolve_cfg as resolve_cam_cfg
+from s2c.sections import ABLATIONS
+from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
 ABL_DIR = f"{RESULTS}/ablations"

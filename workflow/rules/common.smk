@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from s2c.config import resolve_sections
+from s2c.sections import resolve_sections
 from s2c.errors import S2CError
 from s2c.sam.everything import decodes_cached_embedding
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE

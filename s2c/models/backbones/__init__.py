@@ -23,7 +23,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import torchvision
+
 from ...errors import S2CError
+from ...weights import ensure_efficientnet_lite0
+from .. import mxnet_params
 from .base import Backbone, check_output_stride, load_backbone_weights, read_torch_state_dict
 from .efficientnet import EfficientNetLite0
 from .resnet38d import ResNet38d
@@ -66,9 +70,7 @@ def build_resnet38d(pretrained=False, output_stride: int = 8, weights_dir=None) 
         )
     model = ResNet38d(output_stride)  # after the path checks: building it takes seconds
     if path.suffix == ".params":
-        from ..mxnet_params import read_ndarray_list, resnet38d_state_dict_from_mxnet
-
-        state_dict = resnet38d_state_dict_from_mxnet(read_ndarray_list(path))
+        state_dict = mxnet_params.resnet38d_state_dict_from_mxnet(mxnet_params.read_ndarray_list(path))
     else:
         state_dict = read_torch_state_dict(path)
     load_backbone_weights(model, state_dict, str(path))
@@ -77,8 +79,6 @@ def build_resnet38d(pretrained=False, output_stride: int = 8, weights_dir=None) 
 
 def efficientnet_lite0_weights(weights_dir) -> Path:
     """Path of the ImageNet EfficientNet-Lite0 file (provisioned into ``weights_dir``)."""
-    from ...weights import ensure_efficientnet_lite0
-
     return ensure_efficientnet_lite0(_weights_dir_or_fail(weights_dir, "efficientnet_lite0"))
 
 
@@ -100,8 +100,6 @@ def _tv_builder(arch: str) -> Callable[..., TorchvisionResNet]:
         if path is not None:
             state_dict, source = read_torch_state_dict(path), str(path)
         else:
-            import torchvision
-
             weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
             model_dir = _weights_dir_or_fail(weights_dir, arch) / "torchvision"
             try:

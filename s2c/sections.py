@@ -1,0 +1,270 @@
+"""The hyperparameter sections of the config: every key's default and allowed values, one place.
+
+The JSON schema (``workflow/schemas/config.schema.yaml``) validates the workflow-level keys and the
+types and ranges of these sections; the key lists, defaults and allowed words live here, next to
+the resolver of each section. Stage modules import their section from here (``train_cam`` takes
+``cam``, ``train_seg`` takes ``seg``, …) and :func:`resolve_sections` runs every resolver when the
+DAG is built, so a typo such as ``cam.lrr`` or ``cam.augment.fllip`` fails before any job starts.
+
+This module sits below the stages and imports none of them: the registry is built from the
+library's own default dicts (:data:`s2c.models.classifier.CAM_DEFAULTS`,
+:data:`s2c.models.deeplab.SEG_DEFAULTS`, :data:`s2c.data.transforms.AUG_DEFAULTS`,
+:data:`s2c.refine.crf.CRF_DEFAULTS`, :data:`s2c.refine.sam_post.SAM_DEFAULTS`, the allowed words of
+:mod:`s2c.losses.cpm`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from .config import merge_section
+from .data.transforms import AUG_DEFAULTS, TrainAugment
+from .errors import S2CError
+from .losses.cpm import ALPHA_SAM, BACKGROUND, CONFIDENCE, LOSS_MODES
+from .metrics import DEFAULT_THRESHOLDS
+from .models.classifier import CAM_DEFAULTS, cfg_get
+from .models.deeplab import SEG_DEFAULTS
+from .refine.crf import CRF_DEFAULTS
+from .refine.sam_post import SAM_DEFAULTS
+
+# ---------------------------------------------------------------------------------------- cam
+#: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.train_cam`), less the model
+#: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.models.classifier.CAM_DEFAULTS`).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 6,
+    "batch_size": 8,
+    "lr": 0.02,
+    "lr_mult_new": 1.0,
+    "weight_decay": 5e-4,
+    "momentum": 0.0,
+    "poly_power": 0.9,
+    "seed": 0,
+    "num_workers": 2,
+    "amp": False,
+    "augment": {},
+    "sam_mode": "cached",
+    "ablation": None,
+    "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "size": None,
+            "weight": 1.0},
+    "cpm": {
+        "enabled": True, "start_epoch": 1, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
+        "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
+        "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
+        "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
+    },
+    "diagnostics": {"enabled": True, "n_images": 16, "every": 1},
+}
+MODEL_KEYS = tuple(CAM_DEFAULTS)  # backbone, pretrained, output_stride, freeze_bn, freeze_stem, feat_dim
+
+# The paper's ablation rows (METHOD.md §6) as overrides of the keys above.
+ABLATIONS: dict[str, dict] = {
+    "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1: 50.1
+    "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1: 57.3
+    "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
+    "s2c": {},                                                                   # Table 1: 76.1
+    "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
+    "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
+    "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
+    "cam_confidence": {"cpm": {"confidence": "cam"}},                            # (no SAM score)
+    "no_background": {"cpm": {"loss": "l1"}},                                    # Table 2: 74.9
+}
+#: CAM mIoU (VOC train) the paper reports for each ablation row (Tables 1 / 2; None: not reported).
+PAPER_VOC_CAM: dict[str, float | None] = {
+    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "single_peak": 73.0,
+    "no_confidence": 72.7, "sam_confidence": 73.2, "cam_confidence": None, "no_background": 74.9,
+}
+#: SAM outputs ``cam.cpm.multimask_index`` may keep (s2c.sam.prompt.decode_prompts).
+MULTIMASK_INDEX = (0, 1, 2, "best")
+#: The allowed words of every enumerated ``cam`` key (the schema lists no enums of its own for them).
+CAM_CHOICES: dict[tuple[str, ...], tuple] = {
+    ("sam_mode",): ("cached", "online"),
+    ("ssc", "level"): ("feature", "logit"),
+    ("cpm", "prompt_cam"): ("step", "multiscale"),
+    ("cpm", "alpha_sam"): ALPHA_SAM,
+    ("cpm", "confidence"): CONFIDENCE,
+    ("cpm", "background"): BACKGROUND,
+    ("cpm", "loss"): LOSS_MODES,
+    ("cpm", "batching"): ("pad", "group"),
+}
+
+
+def check_augment(cam_cfg: dict) -> dict:
+    """``cam.augment`` (passed whole to :class:`s2c.data.transforms.TrainAugment`) checked: unknown
+    keys and bad values name ``cam.augment.<key>``. Returns the merged augmentation settings."""
+    aug = cam_cfg.get("augment") or {}
+    if not isinstance(aug, dict):
+        raise S2CError(f"config key cam.augment must be a mapping of augmentation keys, got {aug!r}")
+    merged = merge_section(AUG_DEFAULTS, aug, "cam.augment")
+    try:
+        TrainAugment(merged)
+    except S2CError as e:
+        raise S2CError(f"config cam.augment: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise S2CError(f"config cam.augment = {aug!r} is malformed ({e}); see s2c.data.transforms.AUG_DEFAULTS") from None
+    return merged
+
+
+def resolve_cam(cfg: dict | None) -> dict:
+    """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
+
+    Model keys are filled from :data:`s2c.models.classifier.CAM_DEFAULTS` (the one place defining
+    them) for :func:`s2c.models.build_classifier`; ``augment`` is kept as given (TrainAugment fills
+    its defaults) after :func:`check_augment`.
+    """
+    cfg = dict(cfg or {})
+    model = cfg_get({k: cfg.pop(k) for k in MODEL_KEYS if k in cfg}, CAM_DEFAULTS, "cam")
+    out = merge_section(TRAIN_DEFAULTS, cfg, "cam", recurse=True, opaque={"augment"})
+    if out["ablation"] is not None:
+        if out["ablation"] not in ABLATIONS:
+            raise S2CError(f"cam.ablation {out['ablation']!r} unknown; use one of {sorted(ABLATIONS)} or null")
+        out = merge_section(out, ABLATIONS[out["ablation"]], "cam", recurse=True, opaque={"augment"})
+    for path, allowed in CAM_CHOICES.items():
+        v = out
+        for p in path:
+            v = v[p]
+        if v not in allowed:
+            raise S2CError(f"cam.{'.'.join(path)} = {v!r}; use one of {list(allowed)}")
+    if isinstance(out["cpm"]["multimask_index"], str) and out["cpm"]["multimask_index"].strip().isdigit():
+        out["cpm"]["multimask_index"] = int(out["cpm"]["multimask_index"])  # --config gives strings
+    if out["cpm"]["multimask_index"] not in MULTIMASK_INDEX:
+        raise S2CError(f"cam.cpm.multimask_index = {out['cpm']['multimask_index']!r}; use 0, 1, 2 or \"best\"")
+    for k in ("epochs", "batch_size"):
+        if not isinstance(out[k], int) or out[k] < 1:
+            raise S2CError(f"cam.{k} must be a positive integer, got {out[k]!r}")
+    cpm = out["cpm"]
+    if cpm["start_step"] is not None and cpm["start_fraction"] is not None:
+        raise S2CError("cam.cpm.start_step and cam.cpm.start_fraction are both set; keep one (the other null)")
+    if cpm["start_step"] is not None and (not isinstance(cpm["start_step"], int) or cpm["start_step"] < 0):
+        raise S2CError(f"cam.cpm.start_step must be an integer >= 0 or null, got {cpm['start_step']!r}")
+    if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
+                                                  and 0 <= cpm["start_fraction"] <= 1):
+        raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
+    check_augment(out)
+    return {**out, **model}
+
+
+# ------------------------------------------------------------------------ infer_cam / eval_cam
+#: The ``infer_cam`` section (s2c.infer_cam): test-time scales and flip of the CAM inference.
+INFER_CAM_DEFAULTS: dict[str, Any] = {
+    "scales": [0.5, 1.0, 1.5, 2.0],
+    "flip": True,
+}
+#: The ``eval_cam`` section (s2c.eval_cam): the background thresholds searched.
+EVAL_CAM_DEFAULTS: dict[str, Any] = {
+    "thresholds": list(DEFAULT_THRESHOLDS),
+}
+
+
+def resolve_infer_cam(cfg: dict | None) -> dict:
+    return merge_section(INFER_CAM_DEFAULTS, cfg, "infer_cam")
+
+
+def resolve_eval_cam(cfg: dict | None) -> dict:
+    return merge_section(EVAL_CAM_DEFAULTS, cfg, "eval_cam")
+
+
+# ------------------------------------------------------------------------------------- pseudo
+#: ``pseudo.refine``: argmax, denseCRF, or SAM post-processing on the SE maps.
+REFINEMENTS = ("none", "crf", "sam")
+#: The ``pseudo`` section (s2c.pseudo_labels documents every key).
+PSEUDO_DEFAULTS: dict[str, Any] = {
+    "threshold": None,   # None → the "threshold" of --threshold-json
+    "refine": "none",
+    "crf": dict(CRF_DEFAULTS),
+    "sam": dict(SAM_DEFAULTS),
+}
+
+
+def resolve_pseudo(cfg: dict | None) -> dict:
+    """Merge the pseudo_labels section over PSEUDO_DEFAULTS (sub-sections too) and validate it."""
+    cfg = dict(cfg or {})
+    subs = ("crf", "sam")
+    out = merge_section({k: v for k, v in PSEUDO_DEFAULTS.items() if k not in subs},
+                        {k: v for k, v in cfg.items() if k not in subs}, "pseudo_labels", ignore=subs)
+    out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo_labels.crf")
+    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo_labels.sam")
+    if out["refine"] not in REFINEMENTS:
+        raise S2CError(f"pseudo_labels.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- seg
+#: The ``seg`` section (s2c.train_seg; eval_seg has its own section, :data:`EVAL_SEG_DEFAULTS`).
+SEG_TRAIN_DEFAULTS: dict[str, Any] = {
+    # model: backbone, pretrained, output_stride, head, freeze_bn — defaults and meaning in
+    # s2c.models.deeplab (resnet101 | resnet38d for GPUs, efficientnet_lite0 for CPU runs)
+    **SEG_DEFAULTS,
+    # schedule
+    "epochs": 40,
+    "batch_size": 16,                  # per process (per GPU under torchrun)
+    "lr": 0.01,                        # backbone LR; the head gets lr * head_lr_mult
+    "head_lr_mult": 10.0,
+    "poly_power": 0.9,
+    "weight_decay": 1e-4,
+    "momentum": 0.9,
+    # augmentation
+    "crop_size": 512,
+    "scale_range": [0.5, 2.0],         # random rescale factor of the whole image
+    "flip": True,
+    "jitter": None,                    # colour jitter [brightness, contrast, saturation, hue] or None
+    # plumbing
+    "num_workers": 4,
+    "seed": 0,
+    "amp": False,                      # mixed precision (CUDA only; ignored on CPU)
+    "log_every": 10,                   # optimizer steps per log.csv row
+}
+
+
+def resolve_seg(cfg: dict | None) -> dict:
+    """The full ``seg`` section: :data:`SEG_TRAIN_DEFAULTS` overlaid with ``cfg``, checked."""
+    out = merge_section(SEG_TRAIN_DEFAULTS, cfg, "seg")
+    for k in ("epochs", "batch_size", "crop_size", "log_every"):
+        if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
+            raise S2CError(f"config key seg.{k} must be a positive integer, got {out[k]!r}")
+    if not isinstance(out["scale_range"], (list, tuple)) or len(out["scale_range"]) != 2:
+        raise S2CError(f"config key seg.scale_range must be [lo, hi], got {out['scale_range']!r}")
+    if out["jitter"] is not None and (not isinstance(out["jitter"], (list, tuple)) or not 1 <= len(out["jitter"]) <= 4):
+        raise S2CError(f"config key seg.jitter must be null or [brightness, contrast, saturation, hue], "
+                       f"got {out['jitter']!r}")
+    # plain JSON data: a tuple and a list compare equal on resume, and model.pt stays loadable anywhere
+    return json.loads(json.dumps(out))
+
+
+#: The ``eval_seg`` section (s2c.eval_seg).
+EVAL_SEG_DEFAULTS: dict[str, Any] = {
+    "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
+    "flip": False,       # also average the horizontally flipped image
+    "crf": False,        # denseCRF post-processing: false, true (s2c.eval_seg.CRF_DEFAULTS) or a dict overriding some
+    "num_workers": 2,    # image-reading workers
+    "amp": False,        # fp16 autocast (CUDA only). Measured on an H100: with EfficientNet-Lite0 every new
+                         # input shape first costs ~1 s (fp16 depthwise-conv kernel setup), so with
+                         # varied image sizes fp32 is faster; ResNet backbones do not pay this.
+}
+
+
+def resolve_eval_seg(cfg: dict | None) -> dict:
+    return merge_section(EVAL_SEG_DEFAULTS, cfg, "eval_seg")
+
+
+# ----------------------------------------------------------------------------------- registry
+#: section name → resolver; :func:`resolve_sections` runs them all at DAG-build time.
+RESOLVERS: dict[str, Callable[[dict], dict]] = {
+    "cam": resolve_cam,
+    "infer_cam": resolve_infer_cam,
+    "eval_cam": resolve_eval_cam,
+    "pseudo": resolve_pseudo,
+    "seg": resolve_seg,
+    "eval_seg": resolve_eval_seg,
+}
+
+
+def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
+    """Each stage section merged over its defaults (ablations applied). Raises S2CError."""
+    out = {}
+    for section, resolve in RESOLVERS.items():
+        cfg = config.get(section) or {}
+        if not isinstance(cfg, dict):
+            raise S2CError(f"config section {section!r} must be a mapping, got {type(cfg).__name__}")
+        out[section] = resolve(cfg)
+    return out
