@@ -181,7 +181,8 @@ def check_weights(sam_model_type: str | None, sam_checkpoint: str | None, pretra
                                     f"download {url} and set sam.checkpoint to its path"))
         elif not Path(sam_checkpoint).is_file():
             problems.append(Problem(f"SAM {sam_model_type} checkpoint", sam_checkpoint,
-                                    f"download {url} and set sam.checkpoint to its path"))
+                                    f"download {url} and set sam.checkpoint to its path (or put {name} "
+                                    "in the weights folder)"))
     for p in pretrained:
         if not Path(p).is_file():
             problems.append(Problem("backbone weights file", p, RESNET38_HOW if "rna" in p or p.endswith(".params")

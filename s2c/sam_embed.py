@@ -7,7 +7,7 @@ Part ``K`` of ``N`` takes the contiguous slice ``ids[K*n//N:(K+1)*n//N]`` (:func
 The job writes ``<out>.partial`` and renames it to ``<out>`` at the end; a rerun after a kill
 resumes from the partial store. The store layout is documented in :mod:`s2c.sam.cache`.
 
-Config (the ``sam`` section; defaults in :data:`EMBED_DEFAULTS`):
+Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EMBED_DEFAULTS`):
 
 - ``model_type`` (``vit_t``): vit_h | vit_l | vit_b | vit_t (MobileSAM) | vit_test (tiny random, tests).
 - ``checkpoint`` (``None``): SAM weights; None with vit_t provisions MobileSAM into ``--weights-dir``.
@@ -25,7 +25,6 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -33,21 +32,14 @@ from tqdm import tqdm
 from .cli import parse_json_arg
 from .config import merge_section
 from .errors import cli_main
-from .sam.build import DEFAULT_MODEL_TYPE, RANDOM_CHECKPOINT, load_sam, resolve_device
+from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
 from .sam.cache import PartWriter, make_identity
 from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
 from .sam.prompt import encode_images, sam_input_size
+from .sections import SAM_EMBED_DEFAULTS as EMBED_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-EMBED_DEFAULTS: dict[str, Any] = {
-    "model_type": DEFAULT_MODEL_TYPE,
-    "checkpoint": None,
-    "batch_size": 4,
-    "amp": False,
-    "skip_corrupt": False,
-    "num_workers": 2,
-}
 # Keys of the config's `sam` section that belong to other stages / the workflow.
 _SAM_SECTION_OTHER = {"parts", "everything"}
 __all__ = ["EMBED_DEFAULTS", "RANDOM_CHECKPOINT", "embed_settings", "run_sam_embed", "main"]

@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -32,20 +31,14 @@ from tqdm import tqdm
 from .cli import parse_json_arg
 from .config import merge_section
 from .errors import S2CError, cli_main
-from .sam.build import DEFAULT_MODEL_TYPE, RANDOM_CHECKPOINT, load_sam, resolve_device
+from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
 from .sam.cache import EmbeddingReader, PartWriter, make_identity
 from .sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
 from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
+from .sections import SAM_EVERYTHING_DEFAULTS as SE_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-SE_DEFAULTS: dict[str, Any] = {
-    "model_type": DEFAULT_MODEL_TYPE,
-    "checkpoint": None,
-    "skip_corrupt": False,
-    "num_workers": 2,
-    "everything": {},
-}
 _SAM_SECTION_OTHER = {"parts", "batch_size", "amp"}
 
 

@@ -27,6 +27,28 @@ from .models.classifier import CAM_DEFAULTS, cfg_get
 from .models.deeplab import SEG_DEFAULTS
 from .refine.crf import CRF_DEFAULTS
 from .refine.sam_post import SAM_DEFAULTS
+from .sam.build import DEFAULT_MODEL_TYPE
+
+# ---------------------------------------------------------------------------------------- sam
+# The workflow schema validates the sam section's types; each cache stage takes these keys of it
+# (the rules pass exactly these, s2c.sam_embed / s2c.sam_everything document them).
+#: What sam_embed takes of the ``sam`` section.
+SAM_EMBED_DEFAULTS: dict[str, Any] = {
+    "model_type": DEFAULT_MODEL_TYPE,
+    "checkpoint": None,
+    "batch_size": 4,
+    "amp": False,
+    "skip_corrupt": False,
+    "num_workers": 2,
+}
+#: What sam_everything takes of the ``sam`` section (``everything``: s2c.sam.everything.EVERYTHING_DEFAULTS).
+SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
+    "model_type": DEFAULT_MODEL_TYPE,
+    "checkpoint": None,
+    "skip_corrupt": False,
+    "num_workers": 2,
+    "everything": {},
+}
 
 # ---------------------------------------------------------------------------------------- cam
 #: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.train_cam`), less the model

@@ -194,6 +194,31 @@ def ensure_efficientnet_lite0(weights_dir: str | os.PathLike) -> Path:
     return verify_sha256(dest, EFFNET_LITE0_SHA256, fix)
 
 
+def sam_checkpoint_path(
+    model_type: str, checkpoint: str | os.PathLike | None, weights_dir: str | os.PathLike,
+    must_exist: bool = False,
+) -> Path:
+    """Where the SAM checkpoint of ``model_type`` is: the configured ``checkpoint``, else
+    ``<weights_dir>/<file name>`` (MobileSAM's for vit_t, the official one for vit_b/l/h). The
+    workflow makes it a rule input. ``must_exist``: an official checkpoint that is not there is an
+    S2CError naming the file and its download URL (MobileSAM is provisioned, never missing)."""
+    if model_type != "vit_t" and model_type not in SAM_OFFICIAL:
+        raise S2CError(f"unknown SAM model type {model_type!r}; use one of vit_t, vit_b, vit_l, vit_h")
+    if checkpoint:
+        path = Path(checkpoint)
+    elif model_type == "vit_t":
+        path = Path(weights_dir) / MOBILE_SAM_FILE
+    else:
+        path = Path(weights_dir) / SAM_OFFICIAL[model_type][0]
+    if must_exist and model_type in SAM_OFFICIAL and not path.is_file():
+        name, url, _ = SAM_OFFICIAL[model_type]
+        raise S2CError(
+            f"SAM {model_type} checkpoint {path} not found; download {name} from {url} "
+            f"and set sam.checkpoint to its path (or put it in {weights_dir})"
+        )
+    return path
+
+
 def resolve_sam_checkpoint(
     model_type: str, checkpoint: str | os.PathLike | None, weights_dir: str | os.PathLike
 ) -> Path:
@@ -215,15 +240,8 @@ def resolve_sam_checkpoint(
         if path.name == MOBILE_SAM_FILE:
             verify_sha256(path, MOBILE_SAM_SHA256, f"delete {path} or point the config at the official file")
         return path
-    if model_type not in SAM_OFFICIAL:
-        raise S2CError(f"unknown SAM model type {model_type!r}; use one of vit_t, vit_b, vit_l, vit_h")
-    name, url, sha = SAM_OFFICIAL[model_type]
-    path = Path(checkpoint) if checkpoint is not None else Path(weights_dir) / name
-    if not path.is_file():
-        raise S2CError(
-            f"SAM {model_type} checkpoint {path} not found; download {name} from {url} "
-            f"and set sam.checkpoint to its path (or put it in {weights_dir})"
-        )
+    name, url, sha = SAM_OFFICIAL.get(model_type, (None, None, None))
+    path = sam_checkpoint_path(model_type, checkpoint, weights_dir, must_exist=True)
     if path.name == name:
         verify_sha256(path, sha, f"the download is corrupt or truncated; delete it and download {url} again")
     return path

@@ -83,3 +83,76 @@ def test_cli_string_of_a_mixed_enum_becomes_its_number():
     sch = {"type": ["integer", "string"], "enum": [0, 1, 2, "best"]}
     assert _coerce_by_schema("0", sch) == 0 and _coerce_by_schema("best", sch) == "best"
     assert _coerce_by_schema("7", sch) == "7"  # not in the enum: left for the validator to name
+
+
+def test_cam_resolver_checks_augment_keys():
+    """cam.augment is checked by the cam section's own resolver (the one train_cam and the ablation
+    rows use), not only by the DAG-build registry: a typo names cam.augment.<key>."""
+    from s2c.sections import resolve_cam
+    from s2c.train_cam import resolve_cfg
+
+    for resolve in (resolve_cam, resolve_cfg):
+        with pytest.raises(S2CError, match=r"cam\.augment\.fllip"):
+            resolve({"augment": {"fllip": True}})
+        with pytest.raises(S2CError, match=r"cam\.augment"):
+            resolve({"ablation": "baseline", "augment": {"resize_long": [300, 200]}})
+    assert resolve_cam({"augment": {"crop_size": 64}})["augment"] == {"crop_size": 64}  # kept as given
+
+
+def test_cam_allowed_words_come_from_the_library():
+    """One place for each option's allowed values: the cam resolver's choices are the loss module's
+    constants, and the schema does not restate them."""
+    import yaml
+
+    from s2c.config import SCHEMA_PATH
+    from s2c.losses import cpm
+    from s2c.sections import CAM_CHOICES
+
+    assert CAM_CHOICES[("cpm", "alpha_sam")] is cpm.ALPHA_SAM and CAM_CHOICES[("cpm", "loss")] is cpm.LOSS_MODES
+    cam = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["cam"]["properties"]
+    for path in CAM_CHOICES:
+        node = cam
+        for p in path[:-1]:
+            node = node[p]["properties"]
+        assert "enum" not in node[path[-1]], f"cam.{'.'.join(path)}: allowed values restated in the schema"
+
+
+def test_bad_cam_words_fail_in_the_dag_build_registry():
+    from s2c.sections import CAM_CHOICES
+
+    for path in CAM_CHOICES:
+        cam: dict = {}
+        node = cam
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = "no_such_choice"
+        with pytest.raises(S2CError, match=rf"cam\.{'.'.join(path)} = 'no_such_choice'; use one of"):
+            resolve_sections({"cam": cam})
+    with pytest.raises(S2CError, match="pseudo_labels.refine"):
+        resolve_sections({"pseudo": {"refine": "dense"}})
+
+
+def test_schema_enums_that_mirror_library_constants_equal_them():
+    """Where the schema keeps an enum (workflow-level keys it must check itself), it is the library's list."""
+    import yaml
+
+    from s2c.config import SCHEMA_PATH
+    from s2c.models.backbones import BACKBONES
+    from s2c.sam.build import SAM_MODEL_TYPES
+    from s2c.sam.everything import IMPLS, OVERLAP_RULES
+    from s2c.sections import ABLATIONS, MULTIMASK_INDEX
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+    ev = props["sam"]["properties"]["everything"]["properties"]
+    pairs = {
+        "sam.model_type": (props["sam"]["properties"]["model_type"]["enum"], SAM_MODEL_TYPES),
+        "sam.everything.impl": (ev["impl"]["enum"], IMPLS),
+        "sam.everything.overlap": (ev["overlap"]["enum"], OVERLAP_RULES),
+        "cam.backbone": (props["cam"]["properties"]["backbone"]["enum"], tuple(BACKBONES)),
+        "seg.backbone": (props["seg"]["properties"]["backbone"]["enum"], tuple(BACKBONES)),
+        "cam.cpm.multimask_index": (props["cam"]["properties"]["cpm"]["properties"]["multimask_index"]["enum"],
+                                    MULTIMASK_INDEX),
+        "ablations.rows": (props["ablations"]["properties"]["rows"]["items"]["enum"], tuple(ABLATIONS)),
+    }
+    for key, (schema, lib) in pairs.items():
+        assert sorted(map(str, schema)) == sorted(map(str, lib)), key

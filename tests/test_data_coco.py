@@ -190,3 +190,19 @@ def test_coco_mini_train_and_hash(coco_mini_root):
     assert voc.image_list_hash() == _open(coco_mini_root, "train").image_list_hash()
     # all 20 VOC classes occur in the sample
     assert (np.stack([voc.labels(i) for i in voc.ids]).sum(0) > 0).all()
+
+
+def test_split_list_file_is_the_file_the_reader_opens(tmp_path):
+    """s2c.data.split_list_file (the workflow's rule input) follows data.coco_splits and the official
+    *2017 fallback, exactly as COCODataset does."""
+    from s2c.data import split_list_file
+
+    _write_coco(tmp_path, "val2017", "annotations/instances_val2017.json")
+    cfg = {"kind": "coco", "root": str(tmp_path)}
+    assert split_list_file(cfg, "val") == tmp_path / "annotations" / "instances_val2017.json"
+    assert split_list_file(cfg, "val") == open_dataset(cfg, "val").ann_path
+    assert split_list_file(cfg, "train") == tmp_path / "annotations" / "instances_train.json"  # absent: default
+    mapped = {**cfg, "coco_splits": {"train": {"images": "val2017", "annotations": "annotations/x.json"}}}
+    assert split_list_file(mapped, "train") == tmp_path / "annotations" / "x.json"
+    voc = {"kind": "voc", "root": str(tmp_path)}
+    assert split_list_file(voc, "val") == tmp_path / "ImageSets" / "Segmentation" / "val.txt"

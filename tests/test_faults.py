@@ -291,7 +291,7 @@ def test_dag_bad_cam_values_fail_at_dag_build(tmp_path, override, needle):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("sam={model_type: vit_h}", "config error: sam.checkpoint is empty but sam.model_type='vit_h'"),
+    ("sam={model_type: vit_h}", "config error: SAM vit_h checkpoint weights/sam_vit_h_4b8939.pth not found"),
     ("cam={pretrained: /no/such/r38.params}", "config error: cam.pretrained '/no/such/r38.params' is not a file"),
     ("seg={pretrained: /no/such/r38.params}", "config error: seg.pretrained '/no/such/r38.params' is not a file"),
 ], ids=["vit_h-without-checkpoint", "cam-pretrained-missing", "seg-pretrained-missing"])

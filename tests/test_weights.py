@@ -153,3 +153,17 @@ def test_cli(tmp_path, capsys, monkeypatch):
         W.main(["--weights-dir", str(tmp_path), "--mobile-sam"])
     assert e.value.code == 2
     assert "s2c: error:" in capsys.readouterr().err
+
+
+def test_sam_checkpoint_path_falls_back_to_the_weights_folder(tmp_path):
+    """sam.checkpoint null: the weights folder's official file for vit_b/l/h (what the rules ask for
+    and resolve_sam_checkpoint loads), MobileSAM's for vit_t; a missing official file names its URL."""
+    assert W.sam_checkpoint_path("vit_h", None, tmp_path) == tmp_path / "sam_vit_h_4b8939.pth"
+    assert W.sam_checkpoint_path("vit_t", None, tmp_path) == tmp_path / W.MOBILE_SAM_FILE
+    assert W.sam_checkpoint_path("vit_b", "my/sam.pth", tmp_path) == Path("my/sam.pth")
+    with pytest.raises(S2CError, match="sam_vit_h_4b8939.pth from https://dl.fbaipublicfiles.com"):
+        W.sam_checkpoint_path("vit_h", None, tmp_path, must_exist=True)
+    (tmp_path / "sam_vit_l_0b3195.pth").write_bytes(b"x")
+    assert W.sam_checkpoint_path("vit_l", None, tmp_path, must_exist=True) == tmp_path / "sam_vit_l_0b3195.pth"
+    with pytest.raises(S2CError, match="unknown SAM model type"):
+        W.sam_checkpoint_path("vit_x", None, tmp_path)

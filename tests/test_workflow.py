@@ -95,3 +95,58 @@ def test_bad_config_fails_before_any_job(tmp_path, mutate, needle):
     out = smk("-n", "--cores", "1", "eval_voc", "--configfile", str(_bad_config(tmp_path, mutate)), check=False)
     assert out.returncode != 0
     assert needle in out.stdout + out.stderr
+
+
+def test_coco_official_layout_builds_the_dag(tmp_path):
+    """The official COCO layout (``train2017/``, ``annotations/instances_train2017.json``) without
+    data.coco_splits: the rules ask s2c.data for each split's list file, found as COCODataset finds it."""
+    cfg = yaml.safe_load((REPO / "config/coco.yaml").read_text())
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for s in dict.fromkeys(cfg["splits"].values()):
+        (root / f"{s}2017").mkdir()
+        (root / "annotations" / f"instances_{s}2017.json").touch()
+    cfg["data"]["root"] = str(root)
+    cfg["data"].pop("coco_splits", None)
+    for key, section in (("checkpoint", "sam"), ("pretrained", "cam")):
+        cfg[section][key] = str(tmp_path / f"{section}.weights")
+        (tmp_path / f"{section}.weights").touch()
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "work"), "-n", "--cores", "1", "eval_coco",
+              "--configfile", str(tmp_path / "cfg.yaml"))
+    text = out.stdout + out.stderr
+    assert f"{root}/annotations/instances_train2017.json" in text and "instances_train.json" not in text, text
+    assert "sam_embed" in text and "train_seg" in text, text
+
+
+def _shell_arg(text: str, module: str, flag: str) -> str:
+    """The value of ``flag`` in the first printed shell command that runs ``python -m <module>``."""
+    import shlex
+
+    for line in text.splitlines():
+        if f"-m {module} " in line:
+            args = shlex.split(line)
+            return args[args.index(flag) + 1]
+    raise AssertionError(f"no {module} command in:\n{text}")
+
+
+def test_vit_h_default_checkpoint_and_sam_section_reach_the_rules(tmp_path):
+    """sam.checkpoint null with vit_h means ``<weights_dir>/sam_vit_h_4b8939.pth`` (as
+    s2c.weights.resolve_sam_checkpoint loads it), and the cache rules pass every key their stage
+    takes of the sam section (s2c.sections), sam.num_workers included."""
+    import json
+
+    from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "sam_vit_h_4b8939.pth").touch()
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "work"), "-n", "-p", "--cores", "1", "eval_voc",
+              "--configfile", str(REPO / "config/config.yaml"),
+              "--config", f"weights_dir={weights}", "sam={model_type: vit_h, checkpoint: null, num_workers: 3}")
+    text = out.stdout + out.stderr
+    assert str(weights / "sam_vit_h_4b8939.pth") in text, text
+    embed = json.loads(_shell_arg(text, "s2c.sam_embed", "--cfg"))
+    everything = json.loads(_shell_arg(text, "s2c.sam_everything", "--cfg"))
+    assert set(embed) == set(SAM_EMBED_DEFAULTS) and set(everything) == set(SAM_EVERYTHING_DEFAULTS)
+    assert embed["num_workers"] == everything["num_workers"] == 3 and embed["model_type"] == "vit_h"

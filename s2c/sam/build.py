@@ -78,7 +78,7 @@ def _tinyvit_encoder() -> torch.nn.Module:
     with warnings.catch_warnings():
         # mobile_sam imports deprecated timm paths and re-registers timm's tiny_vit names: noise only.
         warnings.simplefilter("ignore", (FutureWarning, UserWarning))
-        from mobile_sam.modeling.tiny_vit_sam import TinyViT
+        from mobile_sam.modeling.tiny_vit_sam import TinyViT  # here: under this filter, and only for vit_t
 
     return TinyViT(
         img_size=IMG_SIZE, in_chans=3, num_classes=1000,

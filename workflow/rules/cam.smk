@@ -45,7 +45,7 @@ rule train_cam:
 rule infer_cam:
     input:
         model=f"{RESULTS}/cam/model.pt",
-        images=split_list("{split}"),
+        images=split_list_of,
     output:
         f"{RESULTS}/cams/{{split}}.h5",
     log:

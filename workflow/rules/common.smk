@@ -6,10 +6,11 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from s2c.sections import resolve_sections
+from s2c.data import split_list_file
 from s2c.errors import S2CError
 from s2c.sam.everything import decodes_cached_embedding
-from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE
+from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, resolve_sections
+from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 
 # Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
 # `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
@@ -56,23 +57,26 @@ if not config["synthetic"]["enabled"] and not Path(config["data"]["root"]).is_di
 
 
 def split_list(split):
-    """The file that defines a split's image list; a rule input so list edits rerun the DAG."""
-    root = config["data"]["root"]
-    if config["data"]["kind"] == "voc":
-        return f"{root}/ImageSets/Segmentation/{split}.txt"
-    return f"{root}/annotations/instances_{split}.json"
+    """The file that defines a split's image list (the package's answer: data.coco_splits and the
+    official COCO *2017 names included); a rule input so list edits rerun the DAG."""
+    try:
+        return str(split_list_file(config["data"], split))
+    except S2CError as e:
+        raise WorkflowError(f"config error: {e}") from None
+
+
+def split_list_of(wc):
+    """split_list of a rule's ``{split}`` wildcard."""
+    return split_list(wc.split)
 
 
 def sam_checkpoint():
-    """SAM checkpoint path: the user's, or MobileSAM provisioned into the weights dir."""
-    if SAM["checkpoint"]:
-        return SAM["checkpoint"]
-    if SAM["model_type"] != "vit_t":
-        raise WorkflowError(
-            f"config error: sam.checkpoint is empty but sam.model_type={SAM['model_type']!r} needs the "
-            "official checkpoint: download it (see README, 'Weights') and set sam.checkpoint"
-        )
-    return f"{WEIGHTS}/{MOBILE_SAM_FILE}"
+    """SAM checkpoint path (s2c.weights): sam.checkpoint, else the weights dir's MobileSAM (a rule
+    provisions it) or official vit_b/l/h file (downloaded by the user, see README 'Weights')."""
+    try:
+        return str(sam_checkpoint_path(SAM["model_type"], SAM["checkpoint"], WEIGHTS, must_exist=True))
+    except S2CError as e:
+        raise WorkflowError(f"config error: {e}") from None
 
 
 # A backbone weights file the config names is no rule's output: check it here, before the SAM cache
@@ -95,13 +99,13 @@ def backbone_weights(section):
 
 
 def sam_embed_cfg():
-    return as_json(
-        {k: SAM[k] for k in ("model_type", "checkpoint", "batch_size", "amp", "skip_corrupt", "num_workers")}
-    )
+    """The keys of the sam section that sam_embed takes (s2c.sections.SAM_EMBED_DEFAULTS)."""
+    return as_json({k: SAM[k] for k in SAM_EMBED_DEFAULTS})
 
 
 def sam_everything_cfg():
-    return as_json({k: SAM[k] for k in ("model_type", "checkpoint", "skip_corrupt", "num_workers", "everything")})
+    """The keys of the sam section that sam_everything takes (s2c.sections.SAM_EVERYTHING_DEFAULTS)."""
+    return as_json({k: SAM[k] for k in SAM_EVERYTHING_DEFAULTS})
 
 
 def se_embed_store(wc):

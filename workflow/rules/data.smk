@@ -4,11 +4,7 @@ if config["synthetic"]["enabled"]:
 
     rule make_synthetic_data:
         output:
-            expand(
-                "{root}/ImageSets/Segmentation/{split}.txt",
-                root=config["data"]["root"],
-                split=["train", "val", "train_aug"],
-            ),
+            [split_list(split) for split in ("train", "val", "train_aug")],
         log:
             "logs/make_synthetic_data.log",
         benchmark:

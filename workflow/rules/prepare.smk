@@ -8,6 +8,7 @@ import json
 from snakemake.exceptions import WorkflowError
 
 from s2c.prepare import check_layout, format_problems, layout_inputs, refuse_target
+from s2c.weights import sam_checkpoint_path
 
 KIND = config["data"]["kind"]
 PREPARE_TRAIN = [config["splits"]["train"]]
@@ -20,6 +21,10 @@ PREPARE_PRETRAINED = [
     and config[sec]["pretrained"].lower() not in ("true", "false")
 ]
 PREPARE_REPORT = f"cache/{config['dataset']}/prepare_{KIND}.json"
+# the SAM checkpoint where the jobs will look for it: sam.checkpoint, else the weights folder's file
+PREPARE_SAM_CKPT = str(
+    sam_checkpoint_path(config["sam"]["model_type"], config["sam"]["checkpoint"], config["weights_dir"])
+)
 
 if not config["synthetic"]["enabled"]:
     _layout = check_layout(
@@ -28,7 +33,7 @@ if not config["synthetic"]["enabled"]:
         PREPARE_EVAL,
         quick=True,
         sam_model_type=config["sam"]["model_type"],
-        sam_checkpoint=config["sam"]["checkpoint"],
+        sam_checkpoint=PREPARE_SAM_CKPT,
         pretrained=PREPARE_PRETRAINED,
     )
     if not _layout["ok"]:
@@ -57,7 +62,7 @@ rule:
         train=PREPARE_TRAIN,
         evals=PREPARE_EVAL,
         sam_type=config["sam"]["model_type"],
-        sam_ckpt=(["--sam-checkpoint", config["sam"]["checkpoint"]] if config["sam"]["checkpoint"] else []),
+        sam_ckpt=["--sam-checkpoint", PREPARE_SAM_CKPT],
         pretrained=["--pretrained", *PREPARE_PRETRAINED] if PREPARE_PRETRAINED else [],
     shell:
         "python -m s2c.prepare --data-cfg {params.data:q} --train {params.train:q}"

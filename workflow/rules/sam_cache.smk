@@ -4,7 +4,7 @@
 
 rule sam_embed:
     input:
-        images=split_list("{split}"),
+        images=split_list_of,
         ckpt=sam_checkpoint(),
     output:
         directory(f"{CACHE}/{{split}}/embed.part{{part}}.zarr"),
@@ -35,7 +35,7 @@ rule sam_embed:
 
 rule sam_everything:
     input:
-        images=split_list("{split}"),
+        images=split_list_of,
         ckpt=sam_checkpoint(),
         embed=se_embed_store,
     output:
