@@ -10,9 +10,9 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from s2c.errors import S2CError
+from s2c.sam.decoder import predict_masks
 from s2c.sam.everything import (
     compact_dtype,
-    decode_shared,
     everything_settings,
     fast_masks,
     merge_masks,
@@ -141,8 +141,9 @@ def test_fast_equals_stock_on_tiny_sam(scene):
 
 
 @pytest.mark.parametrize("model", ["tiny", "vit_test"])
-def test_decode_shared_equals_sam_mask_decoder(model):
-    """The copy-free decoder must give SAM's MaskDecoder outputs (multimask) for a batch of prompts."""
+def test_shared_decoder_equals_sam_mask_decoder(model):
+    """The copy-free decoder must give SAM's MaskDecoder outputs (multimask) for a batch of prompts:
+    bit-identical with SAM's upscaling (segment everything), to float rounding with ours (CPM)."""
     from s2c.sam.build import build_sam
 
     sam = tiny_sam(seed=1) if model == "tiny" else build_sam("vit_test")
@@ -155,10 +156,12 @@ def test_decode_shared_equals_sam_mask_decoder(model):
     with torch.no_grad():
         sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
         ref_low, ref_iou = sam.mask_decoder(emb, pe, sparse, dense, multimask_output=True)
-        low, iou = decode_shared(sam.mask_decoder, emb, pe, sparse, dense)
+        low, iou = predict_masks(sam.mask_decoder, emb, pe, sparse, dense, sam_upscaling=True)
+        low_cl, iou_cl = predict_masks(sam.mask_decoder, emb, pe, sparse, dense)
     assert low.shape == ref_low.shape == (5, 3, 256, 256)
-    torch.testing.assert_close(low, ref_low, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
+    assert torch.equal(low, ref_low) and torch.equal(iou, ref_iou)
+    torch.testing.assert_close(low_cl, ref_low, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou_cl, ref_iou, atol=1e-5, rtol=1e-5)
 
 
 class QuadrantSam(torch.nn.Module):

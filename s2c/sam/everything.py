@@ -23,8 +23,13 @@ per side, pred_iou_thresh 0.88, stability_score_thresh 0.95, box_nms_thresh 0.7,
      256 on a GPU, where that alone is ~15% faster than the stock batch of 64 on an H100; 4 on a
      CPU, where the decoder is memory-bound and batches of 4 were ~1.5x faster per prompt than 64
      with MobileSAM);
-  4. ``shared_decoder``: :func:`decode_shared` runs SAM's mask decoder without copying the image
-     embedding once per prompt (bit-identical outputs, ~20% less decoder time on CPU).
+  4. ``shared_decoder``: :func:`s2c.sam.decoder.predict_masks` runs SAM's mask decoder without
+     copying the image embedding once per prompt (bit-identical outputs, ~20% less decoder time
+     on CPU).
+
+  The loop is SAM's generator's shape: :func:`fast_masks` walks the grid levels and batches;
+  per batch :func:`_decode_batch` → :func:`_filter_batch` (→ :func:`_coverage` for
+  ``skip_covered``); :func:`_nms_output` does the final NMS.
 
 Where the time goes: on a GPU the stock generator spends most of its time upsampling every mask to
 full resolution and round-tripping it through RLE, which (1) avoids (H100, 8 COCO images at 32
@@ -42,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import (
     MaskData,
     batched_mask_to_box,
@@ -53,7 +59,10 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
 
+from ..config import merge_section
 from ..errors import S2CError
+from .decoder import predict_masks
+from .prompt import encode_image, sam_input_size
 
 EVERYTHING_DEFAULTS: dict[str, Any] = {
     "impl": "fast",  # fast | stock
@@ -71,7 +80,7 @@ EVERYTHING_DEFAULTS: dict[str, Any] = {
     # 0.05 already changed ~1 mask per 30 on COCO (agreement 0.993); 0.15 gave identical maps on
     # 8 COCO images at no measurable cost on an H100
     "stability_margin": 0.15,
-    "shared_decoder": True,  # decode_shared: the image side of layer 0 computed once per batch
+    "shared_decoder": True,  # decoder.predict_masks: the image side of layer 0 computed once per batch
     # decode from the embedding cache (fp16) instead of running the encoder again: the encoder is
     # a third of the per-image time with MobileSAM on CPU and most of it with ViT-H on a GPU
     "reuse_embedding": True,
@@ -84,8 +93,6 @@ _FAST_ONLY = ("skip_covered", "stability_margin", "shared_decoder", "reuse_embed
 
 def resolve_everything_cfg(cfg: dict | None) -> dict:
     """``cfg`` (the ``sam.everything`` section) over :data:`EVERYTHING_DEFAULTS`, validated."""
-    from ..config import merge_section
-
     cfg = merge_section(EVERYTHING_DEFAULTS, cfg, "sam.everything")
     if cfg["impl"] not in IMPLS:
         raise S2CError(f"sam.everything.impl must be one of {IMPLS}, got {cfg['impl']!r}")
@@ -168,8 +175,6 @@ def _check_supported(sam) -> None:
 @torch.no_grad()
 def stock_masks(sam, image: np.ndarray, cfg: dict) -> dict:
     """Run ``SamAutomaticMaskGenerator``; returns ``{masks bool (K,H,W), areas (K,), iou_preds (K,)}``."""
-    from segment_anything import SamAutomaticMaskGenerator
-
     cfg = resolve_everything_cfg(cfg)
     gen = SamAutomaticMaskGenerator(
         sam,
@@ -208,34 +213,73 @@ def _grid_levels(pps: int, skip_covered: bool) -> list[np.ndarray]:
     return levels
 
 
-def decode_shared(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                  sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``MaskDecoder(..., multimask_output=True)`` for B prompts on ONE image, without copying it B times.
+def _point_grid(pps: int, orig: tuple[int, int], input_size: tuple[int, int], img_size: int, lr: int, dev):
+    """SAM's pps² prompt grid of one image.
 
-    SAM's ``predict_masks`` repeats the (1, 256, 64, 64) embedding and its positional encoding for
-    every prompt before the transformer. Until the first image-to-token attention the image side is
-    the same for all prompts, so passing batch-1 tensors lets broadcasting compute the layer-0
-    key/value/query projections once instead of B times, and skips the two B-fold copies; the
-    arithmetic per element is unchanged. image_embeddings (1,C,h,w), image_pe (1,C,h,w), sparse
-    (B,N,C), dense (B,C,h,w) (identical rows without mask prompts) → low-res logits (B,3,4h,4w),
-    predicted IoU (B,3).
+    Returns coords (pps², 2) float in SAM's 1024 frame (the transform ``SamPredictor`` applies),
+    the low-res (lr²) cell (x, y) of each point (pps², 2) long, and the low-res extent (lh, lw)
+    of the image (the rest is padding).
     """
-    d = decoder
-    b = sparse.shape[0]
-    output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
-    src = image_embeddings + dense[:1]
-    _, c, h, w = src.shape
-    hs, src = d.transformer(src, image_pe, tokens)  # keys become per-prompt after layer 0
-    src = src.expand(b, -1, -1)  # (only when a layer-free transformer kept batch 1)
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : 1 + d.num_mask_tokens, :]
-    upscaled = d.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], dim=1)
-    _, c2, h2, w2 = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-    iou_pred = d.iou_prediction_head(iou_token_out)
-    return masks[:, 1:], iou_pred[:, 1:]
+    grid = build_point_grid(pps) * np.array(orig[::-1])[None]  # (pps², 2) (x, y), original pixels
+    coords = ResizeLongestSide(img_size).apply_coords(grid, orig)
+    cell = torch.as_tensor(np.clip((coords * lr / img_size).astype(np.int64), 0, lr - 1), device=dev)
+    lh, lw = -(-input_size[0] * lr // img_size), -(-input_size[1] * lr // img_size)
+    return torch.as_tensor(coords, dtype=torch.float32, device=dev), cell, (lh, lw)
+
+
+def _decode_batch(sam, emb: torch.Tensor, pe: torch.Tensor, pts: torch.Tensor, shared: bool):
+    """Single-point prompts pts (B, 1, 2) on emb (1, 256, 64, 64) → low-res logits (B, 3, 256, 256),
+    predicted IoU (B, 3): SAM's decoder without copying the embedding per prompt when ``shared``."""
+    labels = torch.ones(pts.shape[:2], dtype=torch.int, device=pts.device)
+    sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+    if shared:
+        return predict_masks(sam.mask_decoder, emb, pe, sparse, dense, sam_upscaling=True)
+    return sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
+                            dense_prompt_embeddings=dense, multimask_output=True)
+
+
+def _filter_batch(sam, low: torch.Tensor, iou: torch.Tensor, input_size, orig, cfg: dict, lowres_hw):
+    """The stock generator's IoU and stability filters on one batch of masks.
+
+    low (K, 256, 256), iou (K,) → None, or the kept masks: (indices into K, full-resolution bool
+    masks (k, H, W), their IoU and stability score). The IoU filter is exact at low resolution; the
+    stability score is estimated there first (cropped to the image, with ``stability_margin``
+    slack), and only candidates are upsampled and re-scored exactly as SAM does. Thresholds <= 0
+    disable a filter, as in the stock generator.
+    """
+    thr, off = sam.mask_threshold, cfg["stability_score_offset"]
+    st_thr, iou_thr = cfg["stability_score_thresh"], cfg["pred_iou_thresh"]
+    lh, lw = lowres_hw
+    sel = iou > iou_thr if iou_thr > 0 else torch.ones_like(iou, dtype=torch.bool)
+    if st_thr > 0:
+        sel &= calculate_stability_score(low[:, :lh, :lw], thr, off) >= st_thr - cfg["stability_margin"]
+    cand = torch.nonzero(sel).flatten()
+    if len(cand) == 0:
+        return None
+    full = sam.postprocess_masks(low[cand][:, None], input_size, orig)[:, 0]  # (k, H, W)
+    st = calculate_stability_score(full, thr, off)
+    ok = st >= st_thr if st_thr > 0 else torch.ones_like(st, dtype=torch.bool)
+    if not ok.any():
+        return None
+    return cand[ok], full[ok] > thr, iou[cand[ok]], st[ok]
+
+
+def _coverage(low: torch.Tensor, accepted: torch.Tensor, b: int, thr: float, lowres_hw) -> torch.Tensor | None:
+    """Low-res pixels covered by the batch's accepted finest masks (``skip_covered``).
+
+    A point's finest output is the smallest of its 3 low-res masks; it counts only when it was
+    accepted, and is shrunk by one low-res pixel so that boundary points are still decoded.
+    low (3b, 256, 256) flattened per point × output, accepted (k,) indices into it → (256, 256)
+    bool, or None.
+    """
+    lh, lw = lowres_hw
+    fine = (low[:, :lh, :lw] > thr).flatten(1).sum(1).view(b, 3).argmin(1)  # (b,)
+    fine_idx = torch.arange(b, device=low.device) * 3 + fine
+    acc = fine_idx[torch.isin(fine_idx, accepted)]
+    if not len(acc):
+        return None
+    m = (low[acc] > thr).float()[:, None]
+    return (-torch.nn.functional.max_pool2d(-m, 3, stride=1, padding=1))[:, 0].gt(0.5).any(0)
 
 
 @torch.no_grad()
@@ -244,8 +288,6 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
 
     Returns ``{masks bool (K,H,W) torch, areas (K,), iou_preds (K,), n_decoded}`` in NMS order.
     """
-    from .prompt import encode_image, sam_input_size
-
     cfg = resolve_everything_cfg(cfg)
     _check_supported(sam)
     dev = sam.device
@@ -257,26 +299,16 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
         input_size = sam_input_size(orig, img_size)
     emb = embedding.to(dev, torch.float32)[None]
     pe = sam.prompt_encoder.get_dense_pe()
-    thr = sam.mask_threshold
-    off = cfg["stability_score_offset"]
-    st_thr, iou_thr = cfg["stability_score_thresh"], cfg["pred_iou_thresh"]
-
-    pps = int(cfg["points_per_side"])
-    grid = build_point_grid(pps) * np.array(orig[::-1])[None]  # (pps², 2) (x, y), original pixels
-    coords = ResizeLongestSide(img_size).apply_coords(grid, orig)  # same transform as SamPredictor
-    coords_t = torch.as_tensor(coords, dtype=torch.float32, device=dev)
-    # low-res cell of each point, and the low-res region that is image (not padding)
     lr = emb.shape[-1] * 4
-    cell = torch.as_tensor(np.clip((coords * lr / img_size).astype(np.int64), 0, lr - 1), device=dev)
-    lh, lw = -(-input_size[0] * lr // img_size), -(-input_size[1] * lr // img_size)
-
+    coords, cell, lowres_hw = _point_grid(int(cfg["points_per_side"]), orig, input_size, img_size, lr, dev)
     # the copy-free path needs SAM's own MaskDecoder internals (stand-ins use their forward)
     shared = cfg["shared_decoder"] and hasattr(sam.mask_decoder, "transformer")
     prompt_batch = cfg["fast_points_per_batch"] or (256 if dev.type == "cuda" else 4)
+
     covered = torch.zeros(lr, lr, dtype=torch.bool, device=dev)
-    keep_masks, keep_iou, keep_st, keep_boxes = [], [], [], []
+    kept: list[tuple] = []  # (masks, iou, stability) per decoded batch
     n_decoded = 0
-    levels = _grid_levels(pps, cfg["skip_covered"])
+    levels = _grid_levels(int(cfg["points_per_side"]), cfg["skip_covered"])
     for li, level in enumerate(levels):
         level = torch.as_tensor(level, device=dev)
         if li > 0:
@@ -285,57 +317,28 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
         for start in range(0, len(level), prompt_batch):
             ids = level[start : start + prompt_batch]
             n_decoded += len(ids)
-            pts = coords_t[ids][:, None, :]
-            labels = torch.ones(pts.shape[:2], dtype=torch.int, device=dev)
-            sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-            if shared:
-                low, iou = decode_shared(sam.mask_decoder, emb, pe, sparse, dense)
-            else:
-                low, iou = sam.mask_decoder(
-                    image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense, multimask_output=True,
-                )  # (B, 3, 256, 256), (B, 3)
-            b = low.shape[0]
+            low, iou = _decode_batch(sam, emb, pe, coords[ids][:, None, :], shared)  # (b, 3, ...)
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
-            # 1) exact IoU filter, 2) low-res stability pre-filter with a safety margin
-            # (thresholds <= 0 disable a filter, as in the stock generator)
-            sel = iou > iou_thr if iou_thr > 0 else torch.ones_like(iou, dtype=torch.bool)
-            if st_thr > 0:
-                st_low = calculate_stability_score(low[:, :lh, :lw], thr, off)
-                sel &= st_low >= st_thr - cfg["stability_margin"]
-            cand = torch.nonzero(sel).flatten()
-            if len(cand) == 0:
+            out = _filter_batch(sam, low, iou, input_size, orig, cfg, lowres_hw)
+            if out is None:
                 continue
-            full = sam.postprocess_masks(low[cand][:, None], input_size, orig)[:, 0]  # (k, H, W)
-            st = calculate_stability_score(full, thr, off)
-            ok = st >= st_thr if st_thr > 0 else torch.ones_like(st, dtype=torch.bool)
-            if not ok.any():
-                continue
-            cand, full, st = cand[ok], full[ok] > thr, st[ok]
-            keep_masks.append(full)
-            keep_iou.append(iou[cand])
-            keep_st.append(st)
-            keep_boxes.append(batched_mask_to_box(full))
-            if li + 1 < len(levels):
-                # coverage: a point's finest output (smallest low-res area of its 3), only when that
-                # one was accepted, shrunk by one low-res pixel so boundary points are still decoded
-                fine = (low[:, :lh, :lw] > thr).flatten(1).sum(1).view(b, 3).argmin(1)  # (B,)
-                fine_idx = torch.arange(b, device=dev) * 3 + fine
-                acc = fine_idx[torch.isin(fine_idx, cand)]
-                if len(acc):
-                    m = (low[acc] > thr).float()[:, None]
-                    eroded = -torch.nn.functional.max_pool2d(-m, 3, stride=1, padding=1)
-                    level_cover.append(eroded[:, 0] > 0.5)
+            kept.append(out[1:])
+            if li + 1 < len(levels) and (c := _coverage(low, out[0], len(ids), sam.mask_threshold, lowres_hw)) is not None:
+                level_cover.append(c)
         if level_cover:
-            covered |= torch.cat(level_cover).any(0)
+            covered |= torch.stack(level_cover).any(0)
+    return _nms_output(kept, orig, cfg, n_decoded)
 
-    if not keep_masks:
+
+def _nms_output(kept: list[tuple], orig: tuple[int, int], cfg: dict, n_decoded: int) -> dict:
+    """Box NMS over all kept masks (and the small-region post-processing) → fast_masks' dict."""
+    if not kept:
         h, w = orig
         return {"masks": torch.zeros(0, h, w, dtype=torch.bool), "areas": np.zeros(0, np.int64),
                 "iou_preds": np.zeros(0, np.float32), "n_decoded": n_decoded}
-    masks = torch.cat(keep_masks)
-    iou = torch.cat(keep_iou).float()
-    boxes = torch.cat(keep_boxes).float()
+    masks = torch.cat([k[0] for k in kept])
+    iou = torch.cat([k[1] for k in kept]).float()
+    boxes = batched_mask_to_box(masks).float()
     keep = batched_nms(boxes, iou, torch.zeros_like(iou), iou_threshold=cfg["box_nms_thresh"])
     masks, iou, boxes = masks[keep], iou[keep], boxes[keep]
     if cfg["min_mask_region_area"] > 0:
@@ -350,8 +353,6 @@ def fast_masks(sam, image: np.ndarray, cfg: dict, embedding: torch.Tensor | None
 
 def _remove_small_regions(masks: torch.Tensor, iou: torch.Tensor, boxes: torch.Tensor, cfg: dict):
     """The stock generator's min_mask_region_area post-processing, on our masks."""
-    from segment_anything import SamAutomaticMaskGenerator
-
     data = MaskData(rles=mask_to_rle_pytorch(masks.cpu()), boxes=boxes.cpu(), iou_preds=iou.cpu())
     data = SamAutomaticMaskGenerator.postprocess_small_regions(
         data, cfg["min_mask_region_area"], cfg["box_nms_thresh"]

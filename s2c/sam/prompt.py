@@ -13,8 +13,9 @@ a common length with label −1 ("not a point") tokens. SAM's own decoder has no
 such padding is not a no-op there: the extra tokens are attended to (measured with MobileSAM on 8
 coco-mini images, the padded mask's IoU with the unpadded one was median 0.975 but as low as
 0.56). :func:`decode_prompts` therefore runs SAM's decoder weights through a re-statement of its
-two-way transformer (:func:`_two_way_masked`) that masks the extra padding tokens out as attention
-keys, which reproduces single-prompt ``SamPredictor`` results (to float precision) in one call.
+two-way transformer (:func:`s2c.sam.decoder.two_way_masked`) that masks the extra padding tokens out as attention
+keys, which reproduces single-prompt ``SamPredictor`` results (to float precision) in one call
+(:func:`s2c.sam.decoder.predict_masks` with a key mask).
 ``batching="group"`` instead calls SAM's unmodified modules once per distinct point count: equally
 exact, the reference path, but slower on GPU (H100, MobileSAM, 20 prompts of 1–5 points:
 10 ms padded vs 40 ms grouped).
@@ -22,16 +23,15 @@ exact, the reference path, but slower on GPU (H100, MobileSAM, 20 prompts of 1�
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.modeling.common import LayerNorm2d
-from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from .decoder import predict_masks
 
 MultimaskIndex = int | str  # 0, 1, 2, "best" or "all"
 
@@ -138,150 +138,6 @@ def _decode(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Ten
     )
 
 
-def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SAM's ``Attention.forward`` with an optional key mask (B, N_k) bool, True = attend.
-
-    q, k, v may have batch 1 where the others have B: projected once, then broadcast.
-    """
-    b = max(q.shape[0], k.shape[0], v.shape[0])
-    q, k, v = (attn._separate_heads(proj(x), attn.num_heads).expand(b, -1, -1, -1)
-               for proj, x in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v)))
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # default scale = 1/sqrt(c_head), as SAM
-    return attn.out_proj(attn._recombine_heads(out))
-
-
-def _softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last dim (a handful of tokens): ~6× faster on CPU than torch.softmax there."""
-    e = (x - x.amax(-1, keepdim=True)).exp_()
-    return e / e.sum(-1, keepdim=True)
-
-
-def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SAM's ``Attention.forward`` for a few token queries over the image, reassociated.
-
-    q (B, N, C) tokens; k, v (1|B, X, C) image (X = 64·64). SAM projects all X keys and values
-    (X·C·C/2 each); here the queries go through the key projection instead (qW_k)·k, and the
-    attention-weighted image through the value projection (p·v)W_v: the same products in another
-    order, ~2.3× fewer operations per prompt. The key bias adds a constant per query row, which the
-    softmax removes; the value bias passes through because attention weights sum to 1. Past
-    nh·N > internal_dim tokens (prompts of more than ~10 points) SAM's order is cheaper and is used.
-    """
-    nh = attn.num_heads
-    ch = attn.internal_dim // nh
-    b, n, c = q.shape
-    if nh * n > attn.internal_dim:  # many tokens: SAM's own order is the cheaper one
-        return _attend(attn, q, k, v)
-    qh = attn._separate_heads(attn.q_proj(q), nh)  # (B, nh, N, ch)
-    qk = torch.einsum("bhnc,hcd->bhnd", qh, attn.k_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
-    p = torch.softmax(qk.reshape(b, nh * n, c) @ k.transpose(1, 2), dim=-1)  # (B, nh·N, X)
-    pv = (p @ v).view(b, nh, n, c)
-    out = torch.einsum("bhnd,hcd->bhnc", pv, attn.v_proj.weight.view(nh, ch, c)) + attn.v_proj.bias.view(nh, 1, ch)
-    return attn.out_proj(attn._recombine_heads(out))
-
-
-def _image_to_tokens(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     key_mask: torch.Tensor) -> torch.Tensor:
-    """SAM's ``Attention.forward`` for image queries over a few tokens, reassociated.
-
-    q (1|B, X, C) image; k, v (B, N, C) tokens; key_mask (B, N) bool, True = attend. The query and
-    output projections are folded into per-token matrices (N·C each) instead of being applied to
-    all X image positions; the query bias becomes a per-key score offset. SAM's order past
-    nh·N > internal_dim tokens, as in :func:`_tokens_to_image`.
-    """
-    nh = attn.num_heads
-    ch = attn.internal_dim // nh
-    b, n, c = k.shape
-    if nh * n > attn.internal_dim:  # many tokens: SAM's own order is the cheaper one
-        return _attend(attn, q, k, v, key_mask)
-    kh = attn._separate_heads(attn.k_proj(k), nh)  # (B, nh, N, ch)
-    kq = torch.einsum("bhnc,hcd->bhnd", kh, attn.q_proj.weight.view(nh, ch, c)) / math.sqrt(ch)
-    kb = torch.einsum("bhnc,hc->bhn", kh, attn.q_proj.bias.view(nh, ch)) / math.sqrt(ch)
-    scores = q @ kq.reshape(b, nh * n, c).transpose(1, 2) + kb.reshape(b, 1, nh * n)  # (B, X, nh·N)
-    scores = scores.view(b, -1, nh, n).masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    p = _softmax(scores).view(b, -1, nh * n)
-    vh = attn._separate_heads(attn.v_proj(v), nh)  # (B, nh, N, ch)
-    vo = torch.einsum("bhnc,dhc->bhnd", vh, attn.out_proj.weight.view(c, nh, ch))  # (B, nh, N, C)
-    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c), p, vo.reshape(b, nh * n, c))
-
-
-def _two_way_masked(tf: TwoWayTransformer, image: torch.Tensor, image_pe: torch.Tensor,
-                    tokens: torch.Tensor, key_mask: torch.Tensor,
-                    n_read: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TwoWayTransformer.forward`` where masked tokens are never attended to.
-
-    image (1|B,C,h,w), image_pe (1|B,C,h,w), tokens (B,N,C), key_mask (B,N) → tokens (B,N,C),
-    image (B,h*w,C); with ``n_read`` only the first n_read tokens come out (the others' final update
-    is skipped). Masked tokens still get outputs, but nothing reads them, so every prompt is
-    computed exactly as if it had been decoded alone (to float rounding: the cross attentions are
-    reassociated, see :func:`_tokens_to_image`). With a batch-1 image (all prompts on one
-    embedding) the first layer's image side is shared by all prompts.
-    """
-    keys = image.flatten(2).permute(0, 2, 1)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
-    queries, query_pe = tokens, tokens
-    for layer in tf.layers:
-        if layer.skip_first_layer_pe:  # SAM's first layer: no PE and no residual
-            queries = _attend(layer.self_attn, queries, queries, queries, key_mask)
-        else:
-            q = queries + query_pe
-            queries = queries + _attend(layer.self_attn, q, q, queries, key_mask)
-        queries = layer.norm1(queries)
-        k = keys + key_pe  # keys only change at norm4: SAM's second keys + key_pe is this one
-        queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, k, keys))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        out = _image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries, key_mask)
-        keys = layer.norm4(out.add_(keys))
-    # the final attention only updates tokens; only the first n_read (SAM's output tokens) are read
-    queries, query_pe = queries[:, :n_read], query_pe[:, :n_read]
-    q, k = queries + query_pe, keys + key_pe
-    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, q, k, keys))
-    return queries, keys
-
-
-def _upscale(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """SAM's ``output_upscaling`` in channels-last memory: x (B, C, h, w) → (B, C/8, 4h, 4w).
-
-    SAM's LayerNorm2d normalises over channels with five separate passes over an NCHW tensor; in
-    channels-last layout the same normalisation is one ``layer_norm`` call (~3× faster on CPU).
-    """
-    x = x.contiguous(memory_format=torch.channels_last)
-    for m in layers:
-        if isinstance(m, LayerNorm2d):
-            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), m.weight, m.bias, m.eps).permute(0, 3, 1, 2)
-        else:
-            x = m(x)
-    return x
-
-
-def _decode_masked(sam: Sam, emb: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded prompts in one call, padding masked: emb (1,256,64,64), coords (B,K,2) → (B,3,256,256), (B,3).
-
-    Mirrors ``MaskDecoder.predict_masks`` (multimask outputs) with the masked transformer.
-    """
-    dec = sam.mask_decoder
-    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # sparse (B, K+1, C)
-    b = sparse.shape[0]
-    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-    tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
-    # Keep output tokens, real points and SAM's own trailing "not a point" token; drop our padding.
-    key_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-    key_mask[:, len(out_tokens): len(out_tokens) + labels.shape[1]] = labels >= 0
-    # no mask prompts: dense is the same no-mask embedding for every prompt, so keep batch 1
-    src = emb + dense[:1]
-    pos = sam.prompt_encoder.get_dense_pe()
-    hs, src = _two_way_masked(dec.transformer, src, pos, tokens, key_mask, n_read=len(out_tokens))
-    src = src.expand(b, -1, -1)
-    _, c, h, w = emb.shape
-    up = _upscale(dec.output_upscaling, src.reshape(b, h, w, c).permute(0, 3, 1, 2))  # (B, C', 4h, 4w)
-    hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-    masks = (up.permute(0, 2, 3, 1).reshape(b, -1, up.shape[1]) @ hyper.transpose(1, 2))  # (B, 16hw, 4)
-    masks = masks.transpose(1, 2).reshape(b, -1, *up.shape[-2:])
-    iou = dec.iou_prediction_head(hs[:, 0])
-    return masks[:, 1:], iou[:, 1:]  # SAM's multimask outputs (index 0 is the single-mask output)
-
-
 @torch.no_grad()
 def decode_prompts(
     sam: Sam,
@@ -324,7 +180,11 @@ def decode_prompts(
     coords = coords.to(dtype)
 
     if batching == "pad":
-        low, iou = _decode_masked(sam, emb, coords, labels)
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # (B, K+1, C)
+        # mask only our padding; SAM's own trailing "not a point" token stays, as in a single call
+        key_mask = torch.ones(sparse.shape[:2], dtype=torch.bool, device=sparse.device)
+        key_mask[:, : labels.shape[1]] = labels >= 0
+        low, iou = predict_masks(sam.mask_decoder, emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, key_mask)
     else:
         counts = (labels > 0).sum(dim=1)
         low = torch.empty(len(counts), 3, 4 * emb.shape[-2], 4 * emb.shape[-1], device=sam.device, dtype=dtype)
