@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from segment_anything.utils.amg import calculate_stability_score
 from torchvision.ops import batched_nms
 
 ALPHA_SAM = ("logits", "sigmoid", "stability")
@@ -153,8 +154,6 @@ def sam_alpha(logits: torch.Tensor, kind: str = "logits", mask_threshold: float 
     if kind == "sigmoid":
         return torch.sigmoid(logits)
     if kind == "stability":
-        from segment_anything.utils.amg import calculate_stability_score
-
         s = calculate_stability_score(logits, mask_threshold, offset)  # (K,)
         return s[:, None, None].expand_as(logits).to(logits.dtype)
     raise ValueError(f"cpm.alpha_sam must be one of {ALPHA_SAM}, got {kind!r}")
