@@ -16,6 +16,9 @@ Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EMBED_DEFAULTS`
 - ``skip_corrupt`` (``False``): a corrupt image fails the job naming the file; when true it is
   skipped and listed in the store attributes (``skipped``) and the manifest.
 - ``num_workers`` (2): image-decoding worker processes.
+- ``embed_codec`` (``fp16``): how the store keeps the embeddings (:data:`s2c.sam.cache.EMBED_CODECS`):
+  ``fp16`` ~1.75 MB per image; ``int8`` / ``int6`` per-channel quantised, ~0.7 / ~0.5 MB
+  (``bench/results/cache_codec.txt``). Recorded in the store's settings; readers decode each.
 Other keys of the ``sam`` section (``parts``, ``everything``) are accepted and ignored.
 """
 
@@ -33,7 +36,7 @@ from .cli import parse_json_arg
 from .config import merge_section
 from .errors import cli_main
 from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
-from .sam.cache import PartWriter, make_identity
+from .sam.cache import PartWriter, codec_settings, make_identity
 from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
 from .sam.prompt import encode_images, sam_input_size
 from .sections import SAM_EMBED_DEFAULTS as EMBED_DEFAULTS
@@ -67,7 +70,8 @@ def run_sam_embed(
     ds, ids = open_part(data_cfg, split, part, parts)
     if sam is None:
         sam, checkpoint_sha256 = load_sam(cfg["model_type"], cfg["checkpoint"], weights_dir, str(resolve_device(device)))
-    identity = make_identity("embed", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, embed_settings(), ds.image_list_hash())
+    settings = {**embed_settings(), **codec_settings(cfg["embed_codec"])}
+    identity = make_identity("embed", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, settings, ds.image_list_hash())
     writer = PartWriter(out, identity, ids, part, parts)
     todo = writer.todo()
     if writer.resumed:

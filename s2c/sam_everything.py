@@ -15,7 +15,9 @@ Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``s
 ``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (None: 256 on GPU, 4 on CPU),
 ``shared_decoder`` (True), ``reuse_embedding`` (True: decode from ``--embed-store``, the
 :mod:`s2c.sam_embed` part store of the same split and part, instead of encoding each image again;
-recorded in the store identity because fp16 embeddings shift a few mask borders).
+recorded in the store identity because fp16 embeddings shift a few mask borders); ``embed_codec``
+(fp16): the codec of that embedding store (``sam.embed_codec``: the store must carry it; a
+quantised one is also recorded in the SE identity, ``settings.embed_codec``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .cli import parse_json_arg
 from .config import merge_section
 from .errors import S2CError, cli_main
 from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
-from .sam.cache import EmbeddingReader, PartWriter, make_identity
+from .sam.cache import EmbeddingReader, PartWriter, codec_settings, make_identity
 from .sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
 from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
 from .sections import SAM_EVERYTHING_DEFAULTS as SE_DEFAULTS
@@ -67,14 +69,18 @@ def run_sam_everything(
     ds, ids = open_part(data_cfg, split, part, parts)
     if sam is None:
         sam, checkpoint_sha256 = load_sam(cfg["model_type"], cfg["checkpoint"], weights_dir, str(resolve_device(device)))
-    identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, everything_settings(ev), ds.image_list_hash())
+    se_settings = everything_settings(ev)
+    if decodes_cached_embedding(ev) and codec_settings(cfg["embed_codec"]):  # fp16: identities as before
+        se_settings = {**se_settings, "embed_codec": cfg["embed_codec"]}
+    identity = make_identity("se", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, se_settings, ds.image_list_hash())
     embeddings = None
     if decodes_cached_embedding(ev):
         if embed_store is None:
             raise S2CError("sam.everything.reuse_embedding is true: pass --embed-store (the sam_embed store of "
                            "this split and part) or set sam.everything.reuse_embedding: false")
         embeddings = EmbeddingReader(embed_store, make_identity(
-            "embed", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT, embed_settings(), ds.image_list_hash()))
+            "embed", cfg["model_type"], checkpoint_sha256 or RANDOM_CHECKPOINT,
+            {**embed_settings(), **codec_settings(cfg["embed_codec"])}, ds.image_list_hash()))
     writer = PartWriter(out, identity, ids, part, parts)
     todo = writer.todo()
     if writer.resumed:

@@ -40,6 +40,7 @@ SAM_EMBED_DEFAULTS: dict[str, Any] = {
     "amp": False,
     "skip_corrupt": False,
     "num_workers": 2,
+    "embed_codec": "fp16",  # s2c.sam.cache.EMBED_CODECS: fp16 | int8 | int6
 }
 #: What sam_everything takes of the ``sam`` section (``everything``: s2c.sam.everything.EVERYTHING_DEFAULTS).
 SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
@@ -48,6 +49,7 @@ SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
     "skip_corrupt": False,
     "num_workers": 2,
     "everything": {},
+    "embed_codec": "fp16",  # the codec of the embedding store it decodes from (everything.reuse_embedding)
 }
 
 # ---------------------------------------------------------------------------------------- cam

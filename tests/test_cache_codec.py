@@ -196,3 +196,38 @@ def test_cache_codec_bench_tiny_run(synthetic_voc, tmp_path):
     assert {"fp16_mb_per_image", "int8_iou_mean", "int6_iou_p5", "int8_loader_w0_ips"} <= set(figs)
     assert 0 < float(figs["int8_mb_per_image"]) < float(figs["fp16_mb_per_image"])
     assert out.read_text() == r.stdout
+
+
+def test_stages_write_and_decode_the_configured_codec(synthetic_voc, tmp_path):
+    """sam.embed_codec reaches sam_embed (store settings) and sam_everything (decodes that store,
+    refuses a store of another codec, records a quantised codec in the SE identity)."""
+    from s2c.sam.build import build_sam
+    from s2c.sam.everything import everything_settings
+    from s2c.sam.cache import SEMapReader
+    from s2c.sam_embed import run_sam_embed
+    from s2c.sam_everything import run_sam_everything
+
+    torch.manual_seed(0)
+    sam = build_sam("vit_test", None, "cpu")
+    dc = {"kind": "voc", "root": str(synthetic_voc)}
+    base = {"model_type": "vit_test", "num_workers": 0}
+    kw = dict(sam=sam, checkpoint_sha256="abc", progress=False)
+    e16 = run_sam_embed(dc, "val", 0, 1, tmp_path / "e16.zarr", tmp_path, {**base, "batch_size": 2}, "cpu", **kw)
+    e8 = run_sam_embed(dc, "val", 0, 1, tmp_path / "e8.zarr", tmp_path, {**base, "batch_size": 2, "embed_codec": "int8"},
+                       "cpu", **kw)
+    assert EmbeddingReader(e16).codec == "fp16" and EmbeddingReader(e8).codec == "int8"
+    assert read_store_attrs(e16)["settings"] == embed_settings()  # fp16 identity unchanged
+    r16, r8 = EmbeddingReader(e16), EmbeddingReader(e8)
+    for id_ in r16.ids:
+        a, b = r16.embedding(id_).float(), r8.embedding(id_).float()
+        mx = a.abs().amax(dim=(1, 2))  # half a step + the float16 rounding of both sides
+        assert ((a - b).abs().amax(dim=(1, 2)) <= mx / 127 / 2 + 2 * mx * 2 ** -10 + 1e-6).all()
+    ev = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "reuse_embedding": True}
+    se_cfg = {**base, "everything": ev}
+    with pytest.raises(S2CError, match=r"settings\.codec: cache has 'int8'"):
+        run_sam_everything(dc, "val", 0, 1, tmp_path / "se.zarr", tmp_path, se_cfg, "cpu", embed_store=e8, **kw)
+    out = run_sam_everything(dc, "val", 0, 1, tmp_path / "se8.zarr", tmp_path, {**se_cfg, "embed_codec": "int8"}, "cpu",
+                             embed_store=e8, **kw)
+    assert SEMapReader(out).identity["settings"] == {**everything_settings(ev), "embed_codec": "int8"}
+    out16 = run_sam_everything(dc, "val", 0, 1, tmp_path / "se16.zarr", tmp_path, se_cfg, "cpu", embed_store=e16, **kw)
+    assert SEMapReader(out16).identity["settings"] == everything_settings(ev)
