@@ -62,7 +62,12 @@ rule:
         train=PREPARE_TRAIN,
         evals=PREPARE_EVAL,
         sam_type=config["sam"]["model_type"],
-        sam_ckpt=["--sam-checkpoint", PREPARE_SAM_CKPT],
+        # MobileSAM is provisioned: nothing to check unless the config names a file
+        sam_ckpt=(
+            ["--sam-checkpoint", PREPARE_SAM_CKPT]
+            if config["sam"]["checkpoint"] or config["sam"]["model_type"] != "vit_t"
+            else []
+        ),
         pretrained=["--pretrained", *PREPARE_PRETRAINED] if PREPARE_PRETRAINED else [],
     shell:
         "python -m s2c.prepare --data-cfg {params.data:q} --train {params.train:q}"
