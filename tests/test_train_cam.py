@@ -506,3 +506,24 @@ def test_cached_and_online_agree_on_coco_mini(coco_mini_root, tmp_path):
             ious.append(((a & o).sum() / (a | o).sum()).item())
     print(f"cached vs online class-mask IoU: mean {np.mean(ious):.3f} min {np.min(ious):.3f} over {len(ious)} masks")
     assert ious and np.mean(ious) >= 0.9, ious
+
+
+def test_on_epoch_end_stops_after_a_checkpoint_and_a_nan_loss_stops_training(caches, tmp_path, monkeypatch, fake_sam):
+    """The trainers' shared hook and checks (s2c.train_utils.TrainingRun): a true on_epoch_end ends
+    the run after that epoch's checkpoint (no model.pt); a non-finite loss is an S2CError."""
+    seen = []
+    assert _run(caches, tmp_path / "a", on_epoch_end=lambda ep, info: seen.append((ep, info)) or True) is None
+    assert [ep for ep, _ in seen] == [1] and seen[0][1]["step"] == 2 and np.isfinite(seen[0][1]["loss"])
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["epoch"] == 1
+    assert not (tmp_path / "a" / "model.pt").exists()
+    assert [int(r["epoch"]) for r in _csv(tmp_path / "a" / "losses.csv")] == [1, 1]
+
+    real = tc.compute_losses
+
+    def nan_loss(*a, **k):
+        parts = real(*a, **k)
+        return {**parts, "loss": parts["loss"] * float("nan")}
+
+    monkeypatch.setattr(tc, "compute_losses", nan_loss)
+    with pytest.raises(S2CError, match="train_cam: loss became nan"):
+        _run(caches, tmp_path / "b")
