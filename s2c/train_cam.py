@@ -5,12 +5,15 @@
         --cfg '{}' --sam-cfg '{"model_type": "vit_t"}' --device auto
     torchrun --nproc_per_node 4 -m s2c.train_cam ...            # DDP, one GPU per process
 
-Outputs in ``--out``: ``last.pt`` (resumable checkpoint, each epoch), ``losses.csv`` (every step,
-every loss term), ``losses.png`` and, written last and atomically, ``model.pt`` =
+Outputs in ``--out`` (the convention of :class:`s2c.train_utils.TrainingRun`, shared with
+train_seg): ``last.pt`` (resumable checkpoint, each epoch), ``losses.csv`` (every step, every loss
+term; ``step`` = optimizer steps completed, from 1), ``losses.png``, ``cpm_diag.csv/png`` (with
+L_CPM) and, written last and atomically, ``model.pt`` =
 ``{"model": state_dict, "cam_cfg": cfg, "num_classes": C, "class_set": str}``. A rerun after a
 kill continues from the last completed epoch (same augmentation stream, optimizer and RNG state).
 
-Config — the ``cam`` section (defaults in :data:`TRAIN_DEFAULTS`; model keys ``backbone``,
+Config — the ``cam`` section (defaults in :data:`s2c.sections.TRAIN_DEFAULTS`, allowed words in
+:data:`s2c.sections.CAM_CHOICES`; model keys ``backbone``,
 ``pretrained``, ``output_stride``, ``freeze_bn``, ``freeze_stem``, ``feat_dim`` are documented
 in :mod:`s2c.models.classifier`):
 
