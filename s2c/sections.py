@@ -66,6 +66,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "num_workers": 2,
     "amp": False,
+    "channels_last": False,
     "augment": {},
     "sam_mode": "cached",
     "ablation": None,

@@ -357,6 +357,21 @@ def test_same_config_twice_is_bit_identical(caches, tmp_path, fake_sam):
     assert any(not torch.equal(ma[k], mc[k]) for k in ma)
 
 
+def test_channels_last_trains_the_same_model(caches, tmp_path, fake_sam):
+    """cam.channels_last changes the memory layout only: the trained weights and losses agree with
+    the default layout to float rounding, and model.pt loads into a default-layout model."""
+    cfg = _cfg(epochs=1, diagnostics={"enabled": False})
+    a = _run(caches, tmp_path / "a", cfg=cfg)
+    b = _run(caches, tmp_path / "b", cfg={**cfg, "channels_last": True})
+    ma, mb = torch.load(a, weights_only=False)["model"], torch.load(b, weights_only=False)["model"]
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], atol=1e-5, rtol=1e-4)
+    la, lb = _csv(tmp_path / "a" / "losses.csv"), _csv(tmp_path / "b" / "losses.csv")
+    assert [float(r["loss"]) for r in la] == pytest.approx([float(r["loss"]) for r in lb], rel=1e-4)
+    m = tiny_model()
+    m.load_state_dict(mb)
+
+
 def test_lr_mult_new_defaults_to_the_reference_1x():
     assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
 
