@@ -8,7 +8,8 @@ differs: ``cached`` decodes prompts on stored embeddings of the original images 
 outside the timed region), ``online`` encodes every augmented crop like the reference code. Data:
 coco-mini (../shared/data/coco-mini) when present, else a generated VOC-layout set. SE maps for SSC
 are SLIC superpixels (≈ SAM's segment count; their content does not change the cost).
-Last line: ``cached_over_baseline=<x> online_over_cached=<y>``.
+Last line: ``cached_over_baseline=<x> online_over_cached=<y>`` (the ratios whose modes ran).
+``bench/train_step_profile.py`` takes the same flags and splits each mode's step into its parts.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def main(argv=None) -> int:
                    help="cam.cpm.prompt_cam (default: the trainer's, multiscale at cam.cpm.scales)")
     p.add_argument("--batching", default=None, choices=["pad", "group"], help="cam.cpm.batching (default: the trainer's)")
     p.add_argument("--ssc-size", type=int, default=None, help="cam.ssc.size (default: the crop, as the paper)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="cam.channels_last: the classifier in channels-last memory (all modes)")
     p.add_argument("--workdir", type=Path, default=None, help="reuse caches built here by an earlier run")
     p.add_argument("--modes", default="baseline,cached,online",
-                   help="comma-separated subset to time (the last line needs all three)")
+                   help="comma-separated subset to time")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     dev = tu.select_device(a.device)
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
     else:
         from s2c.data.synthetic import make_synthetic_voc
 
-        dcfg = {"kind": "voc", "root": str(make_synthetic_voc(tmp / "voc", n_train=16, n_val=1, size=400, seed=0)),
+        n_syn = max(16, a.batch_size * (a.steps + 1))  # every timed batch needs its own images
+        dcfg = {"kind": "voc", "root": str(make_synthetic_voc(tmp / "voc", n_train=n_syn, n_val=1, size=400, seed=0)),
                 "class_set": "voc20", "cache_dir": str(tmp / "dc")}
     ds = open_dataset(dcfg, "train")
     n = a.batch_size * (a.steps + 1)
@@ -127,6 +131,8 @@ def main(argv=None) -> int:
         print(f"(pretrained backbone unavailable: {e}; using random weights)")
         model0 = build_classifier({"backbone": a.backbone, "output_stride": a.output_stride, "pretrained": False},
                                   ds.num_classes, None)
+    if a.channels_last:
+        model0 = model0.to(memory_format=torch.channels_last)
     state = {k: v.clone() for k, v in model0.state_dict().items()}
 
     def run(mode: str) -> list[float]:
@@ -136,6 +142,9 @@ def main(argv=None) -> int:
         model = model0.to(dev).train()
         opt = torch.optim.SGD(model.param_groups(10.0), lr=1e-3)
         times = []
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
         for b in batches:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -147,20 +156,26 @@ def main(argv=None) -> int:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
+        peaks[mode] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
         return times[1:]  # drop the warm-up step
 
     modes = a.modes.split(",")
     if not set(modes) <= {"baseline", "cached", "online"}:
         p.error(f"--modes: unknown mode in {a.modes!r}")
+    peaks: dict[str, float | None] = {}  # peak GPU memory of each mode (MiB; SAM, model, batches included)
     res = {m: run(m) for m in modes}
     print(f"{a.backbone} os{a.output_stride}, batch {a.batch_size}, {a.crop}² crops, SAM {a.sam}, "
-          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, ssc.size {a.ssc_size}")
-    print(f"{'mode':10s} {'mean step s':>12s} {'min':>8s} {'max':>8s}")
+          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, ssc.size {a.ssc_size}, "
+          f"channels_last {a.channels_last}")
+    print(f"{'mode':10s} {'mean step s':>12s} {'min':>8s} {'max':>8s} {'peak MiB':>9s}")
     for m, ts in res.items():
-        print(f"{m:10s} {statistics.mean(ts):12.3f} {min(ts):8.3f} {max(ts):8.3f}")
-    if len(res) == 3:
-        mb, mc, mo = (statistics.mean(res[m]) for m in ("baseline", "cached", "online"))
-        print(f"cached_over_baseline={mc / mb:.2f} online_over_cached={mo / mc:.2f}")
+        pk = f"{peaks[m]:9.0f}" if peaks[m] is not None else f"{'-':>9s}"
+        print(f"{m:10s} {statistics.mean(ts):12.3f} {min(ts):8.3f} {max(ts):8.3f} {pk}")
+    mean = {m: statistics.mean(ts) for m, ts in res.items()}
+    ratios = [f"{k}_over_{b}={mean[k] / mean[b]:.2f}" for k, b in (("cached", "baseline"), ("online", "cached"))
+              if k in mean and b in mean]
+    if ratios:
+        print(" ".join(ratios))
     return 0
 
 
