@@ -30,6 +30,20 @@ def test_ablation_dag_rows_seeds_and_shared_cache(tmp_path):
             assert f"results/demo/ablations/{row}/seed{seed}/cam/model.pt" in text
 
 
+def test_ablation_seg_trains_and_evaluates_a_seg_net_per_row(tmp_path):
+    """ablations.seg: each (row, seed) gets its own pseudo-labels, seg net and val evaluation (the
+    seg_miou column); the main run's train_seg is not part of it."""
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "2", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config", "ablations={rows: [baseline, s2c], seeds: [0, 1], seg: true}")
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_pseudo_labels"] == 4 and jobs["ablation_eval_pseudo"] == 4  # implied by seg
+    assert jobs["ablation_train_seg"] == 4 and jobs["ablation_eval_seg"] == 4
+    assert "train_seg" not in jobs and "eval_seg" not in jobs
+    for row in ("baseline", "s2c"):
+        for seed in (0, 1):
+            assert f"results/demo/ablations/{row}/seed{seed}/metrics/seg_val.json" in out.stdout
+
+
 def test_ablation_baseline_needs_no_sam_cache(tmp_path):
     out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "2", "ablations",
               "--configfile", str(REPO / "config/config.yaml"), "--config", "ablations={rows: [baseline]}", "pseudo={refine: none}")

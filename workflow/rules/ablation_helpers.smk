@@ -24,7 +24,10 @@ def ablation_cache(kind):
 
 
 def ablation_metrics():
-    names = ["cam_train"] + (["pseudo_train"] if ABL["pseudo"] else [])
+    # seg trains on the row's pseudo-labels, so it implies them
+    names = ["cam_train"]
+    names += ["pseudo_train"] if ABL["pseudo"] or ABL["seg"] else []
+    names += ["seg_val"] if ABL["seg"] else []
     return [
         f"{ABL_DIR}/{row}/seed{seed}/metrics/{n}.json" for row in ABL["rows"] for seed in ABL["seeds"] for n in names
     ]

@@ -142,6 +142,64 @@ rule ablation_eval_pseudo:
         " --split {params.split:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
+rule ablation_train_seg:
+    input:
+        labels=f"{ABL_RUN}/pseudo/{SPLITS['train']}",
+        images=split_list(SPLITS["train"]),
+        backbone=backbone_weights("seg"),
+    output:
+        model=f"{ABL_RUN}/seg/model.pt",
+    log:
+        f"{ABL_RUN}/logs/train_seg.log",
+    benchmark:
+        f"{ABL_RUN}/benchmarks/train_seg.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["seg"]),
+        split=SPLITS["train"],
+        out=lambda wc, output: os.path.dirname(output.model),
+    shell:
+        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split:q}"
+        " --labels {input.labels:q} --out {params.out:q} --cfg {params.cfg:q}"
+        " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
+
+
+rule ablation_eval_seg:
+    input:
+        model=f"{ABL_RUN}/seg/model.pt",
+        images=split_list(SPLITS["val"]),
+    output:
+        metrics=f"{ABL_RUN}/metrics/seg_val.json",
+        pred=directory(f"{ABL_RUN}/seg/pred_{SPLITS['val']}"),
+    log:
+        f"{ABL_RUN}/logs/eval_seg.log",
+    conda:
+        "../../environment.yml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(config["eval_seg"]),
+        split=SPLITS["val"],
+    shell:
+        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
+        " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
+        " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
+
+
 rule ablations:
     input:
         ablation_metrics(),
