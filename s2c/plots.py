@@ -5,6 +5,7 @@ CSV log, label-map colours, CAM overlays and panel grids. Every PNG is written a
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 from typing import Iterable
 
@@ -78,6 +79,15 @@ def plot_iou_bars(metrics: dict | str | Path, png: str | Path, title: str | None
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, png)
+
+
+def note_figure(png: str | Path, title: str, text: str) -> Path:
+    """A figure that says why a plot is absent (a report entry that always exists), atomic write."""
+    fig, ax = plt.subplots(figsize=(8, 2.5))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, textwrap.fill(text, 90), ha="center", va="center", wrap=True)
     return save_figure(fig, png)
 
 

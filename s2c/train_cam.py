@@ -7,8 +7,8 @@
 
 Outputs in ``--out`` (the convention of :class:`s2c.train_utils.TrainingRun`, shared with
 train_seg): ``last.pt`` (resumable checkpoint, each epoch), ``losses.csv`` (every step, every loss
-term; ``step`` = optimizer steps completed, from 1), ``losses.png``, ``cpm_diag.csv/png`` (with
-L_CPM) and, written last and atomically, ``model.pt`` =
+term; ``step`` = optimizer steps completed, from 1), ``losses.png``, ``cpm_diag.csv`` (with
+L_CPM and GT masks), ``cpm_diag.png`` (its plot, or a note saying why there are no diagnostics) and, written last and atomically, ``model.pt`` =
 ``{"model": state_dict, "cam_cfg": cfg, "num_classes": C, "class_set": str}``. A rerun after a
 kill continues from the last completed epoch (same augmentation stream, optimizer and RNG state).
 
@@ -109,7 +109,7 @@ from .io import ensure_writable_dir
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
                      normalize_cams, ssc_loss)
 from .models import build_classifier
-from .plots import plot_csv
+from .plots import note_figure, plot_csv
 from .sam import prompt as sam_prompt
 from .sam.build import DEFAULT_MODEL_TYPE, load_sam
 from .sam.cache import EmbeddingReader, SEMapReader
@@ -280,7 +280,7 @@ def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest
     loader, sampler = _make_loader(data, cfg, dev, rank, world, split)
     epochs, total = cfg["epochs"], len(loader) * cfg["epochs"]
     cpm_from = _cpm_from(cfg["cpm"], len(loader), total)
-    diag = _diagnostics(model, sam, data, ds, cfg, dev) if tu.is_main() else None
+    diag, diag_off = _diagnostics(model, sam, data, ds, cfg, dev) if tu.is_main() else (None, None)
     # Resume only a run over the same config and inputs (a killed job); a job rerun because its
     # config, image list or caches changed starts from scratch.
     identity = {"cfg": {k: v for k, v in cfg.items() if k != "num_workers"},
@@ -325,6 +325,8 @@ def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest
         run.close()
         if diag_log is not None:
             diag_log.close()
+    if diag_off is not None:  # the report's diagnostics entry then says why there are none
+        note_figure(out / "cpm_diag.png", "CPM diagnostics", f"No CPM diagnostics in this run: {diag_off}.")
     net = tu.unwrap(model)
     return run.finish({"model": net.state_dict(), "cam_cfg": cfg, "num_classes": ds.num_classes,
                        "class_set": ds.class_set, "input_norm": _input_norm(net)})
@@ -362,15 +364,17 @@ def _log_diagnostics(diag, diag_log, out: Path, split: str, epoch: int, step: in
 
 
 def _diagnostics(model, sam, data, ds, cfg: dict, dev):
-    """A () → row callable for :func:`s2c.cpm_diagnostics.run_diagnostics`, or None when off
-    (disabled, no L_CPM, or no training image with a GT mask)."""
+    """(a () → row callable for :func:`s2c.cpm_diagnostics.run_diagnostics`, None), or (None, why
+    they are off): disabled, no L_CPM, or no training image with a GT mask."""
     dcfg, cpm = cfg["diagnostics"], cfg["cpm"]
-    if not (dcfg["enabled"] and cpm["enabled"]) or int(dcfg["n_images"]) < 1:
-        return None
+    if not cpm["enabled"]:
+        return None, f"L_CPM is off (cam.cpm.enabled false; cam.ablation {cfg['ablation']})"
+    if not dcfg["enabled"] or int(dcfg["n_images"]) < 1:
+        return None, "cam.diagnostics.enabled is false (or n_images is 0)"
     sample = pick_sample(ds, int(dcfg["n_images"]), cfg["seed"])
     if not sample:
         log.info("CPM diagnostics off: no training image of %s has a GT mask", ds.split)
-        return None
+        return None, f"no training image of split {ds.split!r} has a GT mask to score CPM's peaks and labels on"
     view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"])
     view.set_epoch(DIAG_EPOCH)
 
@@ -399,7 +403,7 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
     def targets(batch, pc):
         return cpm_targets(sam, batch, pc, cpm, cfg["sam_mode"])
 
-    return lambda: run_diagnostics(net, batch_of, prompt_cams, targets, peaks_of, ds.num_classes)
+    return (lambda: run_diagnostics(net, batch_of, prompt_cams, targets, peaks_of, ds.num_classes)), None
 
 
 def _input_norm(net) -> dict | None:

@@ -30,6 +30,7 @@ VIEWS = [
     (["Figures"], f"{R}/figures/pseudo_panels.png"),
     (["Figures"], f"{R}/figures/seg_panels.png"),
     (["Training"], f"{R}/cam/losses.png"),
+    (["Training"], f"{R}/cam/cpm_diag.png"),
     (["Training"], f"{R}/seg/losses.png"),
 ]
 

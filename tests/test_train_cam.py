@@ -372,6 +372,16 @@ def test_channels_last_trains_the_same_model(caches, tmp_path, fake_sam):
     m.load_state_dict(mb)
 
 
+def test_cpm_diag_png_always_exists_and_says_why_when_off(caches, tmp_path, fake_sam):
+    """The report's diagnostics entry: a plot with L_CPM, a note without it (no csv then)."""
+    _run(caches, tmp_path / "base", cfg=_cfg(epochs=1, ablation="baseline"))
+    assert (tmp_path / "base" / "cpm_diag.png").stat().st_size > 0
+    assert not (tmp_path / "base" / "cpm_diag.csv").exists()
+    _run(caches, tmp_path / "s2c", cfg=_cfg(epochs=1, cpm={"start_epoch": 0, "min_distance": 4},
+                                           diagnostics={"n_images": 2}))
+    assert (tmp_path / "s2c" / "cpm_diag.png").stat().st_size > 0 and (tmp_path / "s2c" / "cpm_diag.csv").is_file()
+
+
 def test_lr_mult_new_defaults_to_the_reference_1x():
     assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
 

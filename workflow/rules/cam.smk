@@ -15,6 +15,11 @@ rule train_cam:
             caption="../report/losses.rst",
             category="Training",
         ),
+        diag=report(
+            f"{RESULTS}/cam/cpm_diag.png",
+            caption="../report/cpm_diag.rst",
+            category="Training",
+        ),
     log:
         f"{RESULTS}/logs/train_cam.log",
     benchmark:
