@@ -231,3 +231,28 @@ def test_stages_write_and_decode_the_configured_codec(synthetic_voc, tmp_path):
     assert SEMapReader(out).identity["settings"] == {**everything_settings(ev), "embed_codec": "int8"}
     out16 = run_sam_everything(dc, "val", 0, 1, tmp_path / "se16.zarr", tmp_path, se_cfg, "cpu", embed_store=e16, **kw)
     assert SEMapReader(out16).identity["settings"] == everything_settings(ev)
+
+
+def test_gpu_figures_table_from_stubbed_measurements(tmp_path, monkeypatch, capsys):
+    """The table, goals, projection and TSV of bench/gpu_figures.py (measurements stubbed: the real
+    CPU run takes many minutes; its command is in the README)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_figures", REPO / "bench" / "gpu_figures.py")
+    gf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gf)
+    steps = {"vit_t": {"baseline": (0.2, None), "cached": (0.25, None), "online": (0.5, None)},
+             "vit_b": {"baseline": (0.2, None), "cached": (0.28, None), "online": (3.0, None)}}
+    monkeypatch.setattr(gf, "run_train_step", lambda a, sam: steps[sam])
+    monkeypatch.setattr(gf, "build", lambda mt, a, dev: object())
+    monkeypatch.setattr(gf, "embed_ips", lambda sam, ims, dev, b: (4.0, None, [None] * len(ims)))
+    monkeypatch.setattr(gf, "se_ips", lambda sam, ims, embs, dev, pps: (2.0, None, 50.0))
+    assert gf.main(["--device", "cpu", "--quick", "--batch-size", "8", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert last["online_over_cached"] == "10.71" and last["cached_over_baseline"] == "1.40"
+    # 6 epochs × 10582 // 8 = 7932 steps × 0.28 s
+    assert last["voc_cached_h"] == f"{7932 * 0.28 / 3600:.2f}"
+    rows = {r.split("\t")[0]: r.split("\t") for r in (tmp_path / "gpu_cpu_quick.tsv").read_text().splitlines()[2:]}
+    assert rows["online / cached"][1:3] == ["2.00", "10.71"]
+    assert rows["VOC schedule h: cache build (embed + SE)"][2] == f"{10582 / 4 / 3600 + 10582 / 2 / 3600:.2f}"
