@@ -48,7 +48,7 @@ def run_train_step(a, sam: str) -> dict:
     cmd = [sys.executable, str(REPO / "bench" / "train_step.py"), "--sam", sam, "--device", a.device,
            "--modes", "baseline,cached,online", "--steps", str(a.steps), "--batch-size", str(a.batch_size),
            "--crop", str(a.crop), "--backbone", a.backbone, "--output-stride", str(a.output_stride),
-           "--threads", str(a.threads), "--weights-dir", str(a.weights_dir)]
+           "--threads", str(a.threads), "--weights-dir", str(a.weights_dir)] + (["--channels-last"] if a.channels_last else [])
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=None, help="images for the SE / embedding figures (default 8; --quick 2)")
     p.add_argument("--points-per-side", type=int, default=None, help="SE grid (default 32; --quick 8)")
     p.add_argument("--embed-batch", type=int, default=4)
+    p.add_argument("--channels-last", action="store_true", help="train_step --channels-last (cam.channels_last)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     p.add_argument("--coco-root", type=Path, default=REPO.parent / "shared" / "data" / "coco-mini")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
