@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train")
     p.add_argument("--n-images", type=int, default=None, help="first N ids only (default: all)")
     p.add_argument("--levels", default="127,63,31", help="quantisation levels of the int8 layout to measure (127 = codec int8, 31 = int6)")
+    p.add_argument("--no-iou", action="store_true", help="skip the IoU pass (bytes, read and loader figures only)")
     p.add_argument("--workers", default="0,2,4", help="DataLoader worker counts for the loader figure")
     p.add_argument("--loader-batches", type=int, default=None, help="batches per loader measurement (default: one epoch)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -228,7 +229,7 @@ def run(a) -> int:
     errs = {k: [] for k in ious}
     n_cls = 0
     t0 = time.perf_counter()
-    for id_ in ids:
+    for id_ in [] if a.no_iou else ids:
         gt = ds.load_mask(id_)
         prompts = class_prompts(gt, ds.num_classes)
         if not prompts:
@@ -259,7 +260,7 @@ def run(a) -> int:
         rt = read_throughput(path, ids)
         lt = {w: loader_throughput(sub, path, se, w, a.batch_size, a.loader_batches) for w in workers}
         row = {"codec": k, "mb": du / n_train / 1e6, "mb_ap": ap / n_train / 1e6, "read": rt, **{f"w{w}": v for w, v in lt.items()}}
-        if k in ious:
+        if k in ious and ious[k]["single"]:
             s, m = np.array(ious[k]["single"]), np.array(ious[k]["multi"])
             row.update(iou=s.mean(), p5=np.percentile(s, 5), minv=s.min(), iou_m=m.mean() if m.size else float("nan"),
                        p5_m=np.percentile(m, 5) if m.size else float("nan"), rel=max(errs[k]))
@@ -269,7 +270,7 @@ def run(a) -> int:
     print(hdr)
     for r in rows:
         iou_cols = (f"{r['iou']:>9.4f}{r['p5']:>8.4f}{r['minv']:>8.4f}{r['iou_m']:>11.4f}{r['p5_m']:>9.4f}{r['rel']:>10.4f}"
-                    if "iou" in r else f"{'1 (ref)':>9}{'':>8}{'':>8}{'':>11}{'':>9}{'':>10}")
+                    if "iou" in r else f"{'1 (ref)' if r['codec'] == 'fp16' else '-':>9}{'':>8}{'':>8}{'':>11}{'':>9}{'':>10}")
         print(f"{r['codec']:<10}{r['mb']:>10.3f}{r['mb_ap']:>9.3f}{r['read']:>11.1f}{iou_cols}"
               + "".join(f"{r[f'w{w}']:>11.1f}" for w in workers))
     print("MB/img du: allocated bytes of the store ÷ images; max |err|: max over images of max|int8 − fp16| ÷ max|fp16|;"
