@@ -17,7 +17,7 @@ Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EMBED_DEFAULTS`
   skipped and listed in the store attributes (``skipped``) and the manifest.
 - ``num_workers`` (2): image-decoding worker processes.
 - ``embed_codec`` (``fp16``): how the store keeps the embeddings (:data:`s2c.sam.cache.EMBED_CODECS`):
-  ``fp16`` ~1.75 MB per image; ``int8`` / ``int6`` per-channel quantised, ~0.7 / ~0.5 MB
+  ``fp16`` ~1.75 MB per image; ``int8`` / ``int6`` per-channel quantised, ~0.75 / ~0.55 MB
   (``bench/results/cache_codec.txt``). Recorded in the store's settings; readers decode each.
 Other keys of the ``sam`` section (``parts``, ``everything``) are accepted and ignored.
 """
