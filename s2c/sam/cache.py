@@ -64,6 +64,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import zarr
+from tqdm import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ..errors import S2CError
@@ -624,8 +625,6 @@ def transcode_embeddings(src: str | os.PathLike, out: str | os.PathLike, codec: 
     keys), so readers that expect one codec refuse the other. Converts an existing fp16 cache
     without re-running the encoder. For a manifest, transcode each part store and join them.
     """
-    from tqdm import tqdm
-
     a = read_store_attrs(src)
     if a.get("kind") != "embed" or not a.get("complete"):
         raise S2CError(f"transcode: {src} is not a complete embedding part store")
@@ -661,8 +660,6 @@ def verify(path: str | os.PathLike, expect: dict | None = None, progress: bool =
 
     Returns ``{"kind", "n_images", "n_skipped", "bytes"}``; raises S2CError on the first problem.
     """
-    from tqdm import tqdm
-
     path = Path(path)
     info = load_cache_info(path)
     for p in info["parts"]:
