@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--prompt-cam", default=None, choices=["step", "multiscale"],
                    help="cam.cpm.prompt_cam (default: the trainer's, multiscale at cam.cpm.scales)")
+    p.add_argument("--prompt-batch", type=int, default=None,
+                   help="cam.cpm.prompt_batch: images per prompting-CAM forward (default: the trainer's, 1 on CPU)")
     p.add_argument("--batching", default=None, choices=["pad", "group"], help="cam.cpm.batching (default: the trainer's)")
     p.add_argument("--ssc-size", type=int, default=None, help="cam.ssc.size (default: the crop, as the paper)")
     p.add_argument("--channels-last", action="store_true",
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
 
     sub = _Subset(ds, ids)
     cpm = {"start_epoch": 0, **({"prompt_cam": a.prompt_cam} if a.prompt_cam else {}),
-           **({"batching": a.batching} if a.batching else {})}
+           **({"batching": a.batching} if a.batching else {}),
+           **({"prompt_batch": a.prompt_batch} if a.prompt_batch else {})}
     base_cfg = {"augment": {"crop_size": a.crop}, "cpm": cpm,
                 "ssc": {"size": a.ssc_size}}
     data = CAMTrainDataset(sub, base_cfg["augment"], EmbeddingReader(emb), SEMapReader(se), seed=0)
@@ -165,7 +168,8 @@ def main(argv=None) -> int:
     peaks: dict[str, float | None] = {}  # peak GPU memory of each mode (MiB; SAM, model, batches included)
     res = {m: run(m) for m in modes}
     print(f"{a.backbone} os{a.output_stride}, batch {a.batch_size}, {a.crop}² crops, SAM {a.sam}, "
-          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, ssc.size {a.ssc_size}, "
+          f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, "
+          f"prompt_batch {a.prompt_batch or 'default'}, ssc.size {a.ssc_size}, "
           f"channels_last {a.channels_last}")
     print(f"{'mode':10s} {'mean step s':>12s} {'min':>8s} {'max':>8s} {'peak MiB':>9s}")
     for m, ts in res.items():

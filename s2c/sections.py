@@ -74,6 +74,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
             "weight": 1.0},
     "cpm": {
         "enabled": True, "start_epoch": 1, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
+        "prompt_batch": None,
         "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
@@ -165,6 +166,9 @@ def resolve_cam(cfg: dict | None) -> dict:
     if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
                                                   and 0 <= cpm["start_fraction"] <= 1):
         raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
+    pb = cpm["prompt_batch"]
+    if pb is not None and (isinstance(pb, bool) or not isinstance(pb, int) or pb < 1):
+        raise S2CError(f"cam.cpm.prompt_batch must be a positive integer or null (auto), got {pb!r}")
     check_augment(out)
     return {**out, **model}
 

@@ -59,6 +59,9 @@ cpm.prompt_cam            multiscale  ``multiscale``: no-grad eval-mode CAMs at 
                                       (cheapest, but −1.8 CAM mIoU on coco-mini, see README)
 cpm.scales                [1,2]       the reference uses [0.5,1,1.5,2]; two scales cost 5 forwards
                                       instead of 7.5 and matched it on coco-mini within seed spread
+cpm.prompt_batch          null        images per no-grad forward of the multiscale prompting CAM; null =
+                                      1 on CPU (~2× faster there than the whole batch: bench/train_step.py),
+                                      the whole batch on GPU. The same CAMs (eval mode, frozen BN: images are independent)
 cpm.min_distance          20          peak spacing in crop pixels (reference, 256 crops)
 cpm.threshold             0.5         τ for local peaks (the global max is always a prompt)
 cpm.single_peak           false       only the global max (Table 2 "single peak")
@@ -117,7 +120,7 @@ from .sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
 from .sections import resolve_cam as resolve_cfg
 
 __all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
-           "cpm_targets", "compute_losses", "train_cam", "main"]
+           "prompt_batch", "cpm_targets", "compute_losses", "train_cam", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,14 @@ def cpm_start_step(cpm: dict, steps_per_epoch: int, total_steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------- CPM
+def prompt_batch(cpm: dict, device: torch.device) -> int | None:
+    """Images per prompting-CAM forward: ``cpm.prompt_batch``, else 1 on CPU (where the 2× upscaled
+    batch of 8 runs ~2× slower in one call than image by image: it falls out of cache), else all."""
+    if cpm["prompt_batch"] is not None:
+        return int(cpm["prompt_batch"])
+    return 1 if device.type == "cpu" else None
+
+
 @torch.no_grad()
 def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str) -> torch.Tensor:
     """Pseudo-labels Ŝ (B, h, w) long (0 bg, c+1 class c, 255 padding) for a batch of crops.
@@ -198,7 +209,8 @@ def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = Fals
             net = tu.unwrap(model)
             was_training = net.training
             net.eval()  # the reference takes its prompting CAM in eval mode
-            prompt_cam = multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"])
+            prompt_cam = multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"],
+                                                prompt_batch(cpm, x.device))
             net.train(was_training)
         target = cpm_targets(sam, batch, prompt_cam, cpm, cfg["sam_mode"])
         parts["loss_cpm"] = cpm["weight"] * cpm_loss(cam, target, labels, cpm["loss"])
@@ -394,7 +406,7 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
         x, labels = batch["image"], batch["labels"]
         if cpm["prompt_cam"] == "step":
             return normalize_cams(net(x)["cams"].float(), labels, x.shape[-2:])
-        return multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"])
+        return multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"], prompt_batch(cpm, x.device))
 
     def peaks_of(batch, pc):
         return find_peaks(pc, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],

@@ -137,6 +137,23 @@ def test_multiscale_prompt_cams_shape_and_norm():
     assert not torch.allclose(one, out)
 
 
+def test_multiscale_prompt_cams_in_slices_equal_the_whole_batch():
+    conv = torch.nn.Conv2d(3, 2, 1)
+    imgs, labels = torch.randn(5, 3, 32, 32), torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    calls = []
+
+    def fwd(x):
+        calls.append(len(x))
+        return conv(F.avg_pool2d(x, 8))
+
+    whole = multiscale_prompt_cams(fwd, imgs, labels, (1.0, 2.0))
+    assert calls == [5, 5]
+    calls.clear()
+    sliced = multiscale_prompt_cams(fwd, imgs, labels, (1.0, 2.0), chunk=2)
+    assert calls == [2, 2, 1, 2, 2, 1]
+    assert torch.allclose(sliced, whole, atol=1e-6)
+
+
 def test_find_peaks_global_local_threshold_single():
     H = W = 96
     cam = torch.zeros(1, 2, H, W)

@@ -276,6 +276,25 @@ def test_multiscale_prompt_cam_is_used(caches, fake_sam):
     assert model.training
 
 
+def test_prompt_batch_auto_explicit_and_bad(caches, fake_sam):
+    cpm = tc.resolve_cfg({})["cpm"]
+    assert cpm["prompt_batch"] is None
+    assert tc.prompt_batch(cpm, torch.device("cpu")) == 1 and tc.prompt_batch(cpm, torch.device("cuda")) is None
+    assert tc.prompt_batch({**cpm, "prompt_batch": 8}, torch.device("cpu")) == 8
+    for bad in ("x", 0, 2.5, True):
+        with pytest.raises(S2CError, match="prompt_batch"):
+            tc.resolve_cfg({"cpm": {"prompt_batch": bad}})
+    # the slices give the same CPM loss as one forward of the whole batch (eval mode: images independent)
+    cfg = tc.resolve_cfg({"augment": SMALL_AUG, "cpm": {"min_distance": 3, "threshold": 0.3}})
+    batch = _loss_batch(caches, cfg)
+    model = tiny_model()
+    with torch.no_grad():
+        model.classifier.weight.abs_()
+    a = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 1}}, None, True)
+    b = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 64}}, None, True)
+    assert torch.allclose(a["loss_cpm"], b["loss_cpm"], atol=1e-6) and a["loss_cpm"] > 0
+
+
 # ------------------------------------------------------------------------------------ training runs
 def _cfg(**kw):
     base = {"epochs": 2, "batch_size": 4, "num_workers": 0, "augment": SMALL_AUG,

@@ -41,12 +41,16 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, size: tuple[int, in
 
 @torch.no_grad()
 def multiscale_prompt_cams(forward_cams: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                           labels: torch.Tensor, scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0)) -> torch.Tensor:
+                           labels: torch.Tensor, scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+                           chunk: int | None = None) -> torch.Tensor:
     """The reference's prompting CAM: ReLU CAMs at several scales, summed, max-normalised per class.
 
     Args:
-        forward_cams: images (B,3,h,w) → raw CAMs (B,C,h',w').
+        forward_cams: images (b,3,h,w) → raw CAMs (b,C,h',w'), each image independent of the others
+            (eval mode, frozen BatchNorm), so running it on slices of the batch changes nothing.
         images: (B, 3, H, W) normalised crops. labels: (B, C).
+        chunk: images per ``forward_cams`` call (None: the whole batch). On CPU, slices of 2 run
+            the 2× upscaled batch ~2× faster than one call (its activations stay in cache).
     Returns:
         (B, C, H, W) in [0, 1], absent classes 0, no gradient.
     """
@@ -54,7 +58,8 @@ def multiscale_prompt_cams(forward_cams: Callable[[torch.Tensor], torch.Tensor],
     acc = None
     for s in scales:
         x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=True)
-        cam = F.relu(F.interpolate(forward_cams(x).float(), size=(H, W), mode="bilinear", align_corners=False))
+        raw = torch.cat([forward_cams(c).float() for c in x.split(chunk or B)])
+        cam = F.relu(F.interpolate(raw, size=(H, W), mode="bilinear", align_corners=False))
         acc = cam if acc is None else acc + cam
     acc = acc * labels[:, :, None, None].to(acc.dtype)
     return acc / (F.adaptive_max_pool2d(acc, 1) + 1e-5)
