@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--ssc-size", type=int, default=None, help="cam.ssc.size (default: the crop, as the paper)")
     p.add_argument("--channels-last", action="store_true",
                    help="cam.channels_last: the classifier in channels-last memory (all modes)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="cam.micro_batch: images per forward/backward, gradients accumulated (all modes)")
     p.add_argument("--workdir", type=Path, default=None, help="reuse caches built here by an earlier run")
     p.add_argument("--modes", default="baseline,cached,online",
                    help="comma-separated subset to time")
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
            **({"batching": a.batching} if a.batching else {}),
            **({"prompt_batch": a.prompt_batch} if a.prompt_batch else {})}
     base_cfg = {"augment": {"crop_size": a.crop}, "cpm": cpm,
-                "ssc": {"size": a.ssc_size}}
+                "ssc": {"size": a.ssc_size}, "micro_batch": a.micro_batch}
     data = CAMTrainDataset(sub, base_cfg["augment"], EmbeddingReader(emb), SEMapReader(se), seed=0)
     batches = [collate([data[i] for i in range(k, k + a.batch_size)]) for k in range(0, n, a.batch_size)]
     batches = [tc._to(b, dev) for b in batches]
@@ -152,9 +154,10 @@ def main(argv=None) -> int:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            parts = tc.compute_losses(model, b, cfg, sam, use_cpm=cfg["cpm"]["enabled"])
             opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
+            for mb, share in tu.micro_batches(b, cfg["micro_batch"]):  # the trainer's accumulation
+                parts = tc.compute_losses(model, mb, cfg, sam, use_cpm=cfg["cpm"]["enabled"])
+                (parts["loss"] * share).backward()
             opt.step()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
     print(f"{a.backbone} os{a.output_stride}, batch {a.batch_size}, {a.crop}² crops, SAM {a.sam}, "
           f"device {dev}, threads {a.threads}, prompt_cam {a.prompt_cam or 'default'}, "
           f"prompt_batch {a.prompt_batch or 'default'}, ssc.size {a.ssc_size}, "
-          f"channels_last {a.channels_last}")
+          f"channels_last {a.channels_last}, micro_batch {a.micro_batch}")
     print(f"{'mode':10s} {'mean step s':>12s} {'min':>8s} {'max':>8s} {'peak MiB':>9s}")
     for m, ts in res.items():
         pk = f"{peaks[m]:9.0f}" if peaks[m] is not None else f"{'-':>9s}"

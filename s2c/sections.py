@@ -67,6 +67,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "amp": False,
     "channels_last": False,
+    "micro_batch": None,
     "augment": {},
     "sam_mode": "cached",
     "ablation": None,
@@ -166,6 +167,9 @@ def resolve_cam(cfg: dict | None) -> dict:
     if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
                                                   and 0 <= cpm["start_fraction"] <= 1):
         raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
+    mb = out["micro_batch"]
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+        raise S2CError(f"cam.micro_batch must be a positive integer or null (the whole batch), got {mb!r}")
     pb = cpm["prompt_batch"]
     if pb is not None and (isinstance(pb, bool) or not isinstance(pb, int) or pb < 1):
         raise S2CError(f"cam.cpm.prompt_batch must be a positive integer or null (auto), got {pb!r}")

@@ -286,6 +286,16 @@ def gather_rng_state(world: int):
     return allst
 
 
+def micro_batches(batch: dict, size: int | None) -> list[tuple[dict, float]]:
+    """A collated batch (every value a tensor or list with the images along its first axis) cut into
+    slices of ``size`` images (None or ≥ the batch: the batch itself), each with its share of the
+    batch's images: the weight of its loss when gradients are accumulated over the slices."""
+    n = len(batch["labels"])
+    if not size or size >= n:
+        return [(batch, 1.0)]
+    return [({k: v[i:i + size] for k, v in batch.items()}, min(size, n - i) / n) for i in range(0, n, size)]
+
+
 def finite_loss(loss: torch.Tensor, stage: str, hint: str) -> float:
     """The loss averaged over ranks as a float; S2CError when it is NaN or infinite (the value is the
     same on every rank, so all of them stop together)."""

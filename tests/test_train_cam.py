@@ -391,6 +391,48 @@ def test_channels_last_trains_the_same_model(caches, tmp_path, fake_sam):
     m.load_state_dict(mb)
 
 
+def test_micro_batches_slices_and_shares():
+    from s2c.train_utils import micro_batches
+
+    batch = {"labels": torch.zeros(5, 3), "image": torch.arange(5.0), "id": list("abcde")}
+    assert micro_batches(batch, None) == [(batch, 1.0)] and micro_batches(batch, 8) == [(batch, 1.0)]
+    parts = micro_batches(batch, 2)
+    assert [p["id"] for p, _ in parts] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [s for _, s in parts] == [0.4, 0.4, 0.2] and torch.equal(parts[2][0]["image"], torch.tensor([4.0]))
+
+
+def test_micro_batch_accumulates_the_whole_batch_gradient(caches, tmp_path, fake_sam, monkeypatch):
+    """With L_CLS alone (a mean over images) and a model without randomness, accumulating over
+    slices of 1 or 3 images trains the same weights as whole batches of 4; S2C runs and logs too."""
+    sizes, losses = [], tc.compute_losses
+
+    def spy(model, batch, *a, **kw):
+        sizes.append(len(batch["labels"]))
+        return losses(model, batch, *a, **kw)
+
+    monkeypatch.setattr(tc, "compute_losses", spy)
+    cfg = _cfg(epochs=1, ablation="baseline", diagnostics={"enabled": False})
+    a = _run(caches, tmp_path / "a", cfg=cfg)
+    ma = torch.load(a, weights_only=False)["model"]
+    assert set(sizes) == {4}
+    for size in (1, 3):
+        sizes.clear()
+        b = _run(caches, tmp_path / f"b{size}", cfg={**cfg, "micro_batch": size})
+        assert set(sizes) == ({1} if size == 1 else {3, 1})
+        mb = torch.load(b, weights_only=False)["model"]
+        for k in ma:
+            torch.testing.assert_close(ma[k], mb[k], atol=1e-6, rtol=1e-5)
+        la, lb = _csv(tmp_path / "a" / "losses.csv"), _csv(tmp_path / f"b{size}" / "losses.csv")
+        assert [float(r["loss_cls"]) for r in la] == pytest.approx([float(r["loss_cls"]) for r in lb], rel=1e-5)
+    assert any(not torch.equal(ma[k], tiny_model().state_dict()[k]) for k in ma)  # it did train
+    c = _run(caches, tmp_path / "c", cfg=_cfg(epochs=2, micro_batch=2, cpm={"start_epoch": 0, "min_distance": 4,
+                                                                          "threshold": 0.3}))
+    rows = _csv(tmp_path / "c" / "losses.csv")
+    assert all(float(r["loss_cpm"]) > 0 and float(r["loss_ssc"]) > 0 for r in rows)
+    with pytest.raises(S2CError, match="micro_batch"):
+        tc.resolve_cfg({"micro_batch": 0})
+
+
 def test_cpm_diag_png_always_exists_and_says_why_when_off(caches, tmp_path, fake_sam):
     """The report's diagnostics entry: a plot with L_CPM, a note without it (no csv then)."""
     _run(caches, tmp_path / "base", cfg=_cfg(epochs=1, ablation="baseline"))
