@@ -23,6 +23,17 @@ def test_lint_is_clean():
     assert "Lints for" not in out.stdout + out.stderr
 
 
+def test_gpu_rules_ask_for_cores():
+    """A rule holding the one gpu slot runs alone on a CPU-only machine: without ``threads:``
+    Snakemake would give it OMP_NUM_THREADS=1 (measured: segment everything at half speed)."""
+    import re
+
+    for f in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", f.read_text(), re.S | re.M):
+            if re.search(r"^\s+gpu=1", body, re.M):
+                assert re.search(r"^    threads: \d+", body, re.M), f"{f.name}: rule {name} holds gpu=1 without threads:"
+
+
 def _with_fake_inputs(tmp_path, configfile):
     """Point a real-dataset config at an empty stand-in dataset + checkpoint so the DAG resolves."""
     cfg = yaml.safe_load((REPO / configfile).read_text())

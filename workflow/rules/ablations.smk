@@ -57,6 +57,7 @@ rule ablation_infer_cam:
         f"{ABL_RUN}/benchmarks/infer_cam.tsv"
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -184,6 +185,7 @@ rule ablation_eval_seg:
         f"{ABL_RUN}/logs/eval_seg.log",
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

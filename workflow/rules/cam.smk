@@ -61,6 +61,7 @@ rule infer_cam:
         split=SPLIT_RE,
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

@@ -17,6 +17,7 @@ rule sam_embed:
         part="[0-9]+",
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -49,6 +50,7 @@ rule sam_everything:
         part="[0-9]+",
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

@@ -50,6 +50,7 @@ rule eval_seg:
         f"{RESULTS}/benchmarks/eval_seg.tsv"
     conda:
         "../../environment.yml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
