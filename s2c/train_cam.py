@@ -32,12 +32,14 @@ seed                      0
 num_workers               2           DataLoader workers (caches open lazily in each)
 amp                       false       bfloat16 autocast on CUDA (ignored on CPU)
 channels_last             false       the classifier in channels-last memory: same arithmetic, other kernels;
-                                      on 2 CPU cores 1.2× faster steps, 1.3× faster prompting CAMs
-                                      (bench/train_step.py --channels-last); results equal to rounding
+                                      on 2 CPU cores at OS32 1.2× faster steps, 1.3× faster prompting CAMs
+                                      (bench/train_step.py --channels-last), at OS16 1.1× slower (dilated
+                                      depthwise convs); results equal to rounding
 micro_batch               null        images per forward/backward, gradients accumulated over the batch's
                                       slices (each loss weighted by its slice's share of the images);
-                                      null = the whole batch. On 2 CPU cores, 2 with channels_last runs
-                                      the classifier's step 1.8× faster (its activations stay in cache).
+                                      null = the whole batch. On 2 CPU cores (activations stay in cache),
+                                      baseline step at OS32: 1.00 → 0.62 s with 2 + channels_last; at
+                                      OS16: 1.51 → 1.29 s with 2 (bench/train_step.py --micro-batch).
                                       Not the same numbers: drop-connect draws differ, and SSC / CPM
                                       average pixels per slice. With ``freeze_bn: false`` BatchNorm
                                       statistics come from the slice
