@@ -130,7 +130,7 @@ from .sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
 from .sections import resolve_cam as resolve_cfg
 
 __all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
-           "prompt_batch", "cpm_targets", "compute_losses", "train_cam", "main"]
+           "prompt_batch", "prompting_cams", "cpm_peaks", "cpm_targets", "compute_losses", "train_cam", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,34 @@ def prompt_batch(cpm: dict, device: torch.device) -> int | None:
 
 
 @torch.no_grad()
+def prompting_cams(net, x: torch.Tensor, labels: torch.Tensor, cpm: dict,
+                   step_cam: torch.Tensor | None = None) -> torch.Tensor:
+    """The CAM that CPM takes its peaks from, (B, C, H, W) in [0, 1], no gradient.
+
+    ``cpm.prompt_cam`` ``step``: ``step_cam`` (this step's normalised CAMs) detached, or without it
+    one forward of ``net`` as it is; ``multiscale``: eval-mode forwards at ``cpm.scales`` (the
+    reference), ``prompt_batch`` images at a time, then ``net``'s mode is restored.
+    """
+    if cpm["prompt_cam"] == "step":
+        return (step_cam if step_cam is not None else normalize_cams(net(x)["cams"].float(), labels,
+                                                                     x.shape[-2:])).detach()
+    was_training = net.training
+    net.eval()  # the reference takes its prompting CAM in eval mode
+    try:
+        return multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"],
+                                      prompt_batch(cpm, x.device))
+    finally:
+        net.train(was_training)
+
+
+def cpm_peaks(prompt_cam: torch.Tensor, batch: dict, cpm: dict) -> list[list[tuple[int, torch.Tensor]]]:
+    """:func:`s2c.losses.find_peaks` of ``prompt_cam`` (B, C, h, w) with the ``cpm`` section's
+    settings, inside each crop's valid area: per image [(class, points (K, 2) (x, y))]."""
+    return find_peaks(prompt_cam, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
+                      batch["valid"], cpm["exclude_border"])
+
+
+@torch.no_grad()
 def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str) -> torch.Tensor:
     """Pseudo-labels Ŝ (B, h, w) long (0 bg, c+1 class c, 255 padding) for a batch of crops.
 
@@ -166,8 +194,7 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
     """
     labels, valid = batch["labels"], batch["valid"]
     B, _, h, w = prompt_cam.shape
-    peaks = find_peaks(prompt_cam, labels, cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
-                       valid, cpm["exclude_border"])
+    peaks = cpm_peaks(prompt_cam, batch, cpm)
     if mode == "online":
         # (B, 256, 64, 64): the reference's cost
         emb = sam_prompt.encode_images(sam, list(denormalize(batch["image"])))
@@ -213,15 +240,7 @@ def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = Fals
         parts["loss_ssc"] = ssc["weight"] * ssc_loss(maps, se, ssc["temperature"], ssc["unassigned_prototype"])
     if use_cpm:
         cam = normalize_cams(out["cams"].float(), labels, x.shape[-2:])
-        if cpm["prompt_cam"] == "step":
-            prompt_cam = cam.detach()
-        else:
-            net = tu.unwrap(model)
-            was_training = net.training
-            net.eval()  # the reference takes its prompting CAM in eval mode
-            prompt_cam = multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"],
-                                                prompt_batch(cpm, x.device))
-            net.train(was_training)
+        prompt_cam = prompting_cams(tu.unwrap(model), x, labels, cpm, step_cam=cam)
         target = cpm_targets(sam, batch, prompt_cam, cpm, cfg["sam_mode"])
         parts["loss_cpm"] = cpm["weight"] * cpm_loss(cam, target, labels, cpm["loss"])
     parts["loss"] = parts["loss_cls"] + parts["loss_ssc"] + parts["loss_cpm"]
@@ -422,14 +441,10 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
     net = tu.unwrap(model)
 
     def prompt_cams(batch):
-        x, labels = batch["image"], batch["labels"]
-        if cpm["prompt_cam"] == "step":
-            return normalize_cams(net(x)["cams"].float(), labels, x.shape[-2:])
-        return multiscale_prompt_cams(lambda im: net(im)["cams"], x, labels, cpm["scales"], prompt_batch(cpm, x.device))
+        return prompting_cams(net, batch["image"], batch["labels"], cpm)
 
     def peaks_of(batch, pc):
-        return find_peaks(pc, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
-                          batch["valid"], cpm["exclude_border"])
+        return cpm_peaks(pc, batch, cpm)
 
     def targets(batch, pc):
         return cpm_targets(sam, batch, pc, cpm, cfg["sam_mode"])
