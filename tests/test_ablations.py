@@ -88,3 +88,44 @@ def test_ablation_table_rejects_foreign_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(S2CError, match="seed<N>"):
         at.run_row(tmp_path / "x", "", "")
+
+
+def _se_stores(text: str) -> set[str]:
+    return set(re.findall(r"cache/\S+?/(se-[0-9a-f]{8})\.part\d+\.zarr", text))
+
+
+def test_se_store_is_named_by_its_settings(tmp_path):
+    """Two SE densities on one dataset: two SE stores (se-<tag>), one shared embedding store."""
+    from s2c.sam.everything import settings_tag
+
+    runs = {}
+    for pps in (4, 8):
+        out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "2", "ablations",
+                  "--configfile", str(REPO / "config/config.yaml"),
+                  "--config", f"sam={{everything: {{points_per_side: {pps}}}}}", "ablations={rows: [s2c]}")
+        runs[pps] = _se_stores(out.stdout)
+        assert runs[pps] == {f"se-{settings_tag({'points_per_side': pps})}"}
+        assert "embed.part0.zarr" in out.stdout
+    assert runs[4] != runs[8]
+    assert settings_tag({"points_per_side": 8, "points_per_batch": 16}) == settings_tag({"points_per_side": 8})
+
+
+def test_coco_plus_gpu_overlay_plans_the_table(tmp_path):
+    """bench/coco_plus_gpu.sh's configs: six CAM and six seg runs over one 32-points-per-side SE store."""
+    import yaml
+
+    from s2c.sam.everything import settings_tag
+    from test_workflow import _with_fake_inputs
+
+    merged = yaml.safe_load((REPO / "config/coco_plus.yaml").read_text())
+    for k, v in yaml.safe_load((REPO / "config/coco_plus_gpu.yaml").read_text()).items():
+        merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    assert merged["sam"]["everything"]["points_per_side"] == 32
+    src = tmp_path / "gpu.yaml"
+    src.write_text(yaml.safe_dump(merged))
+    cfg = _with_fake_inputs(tmp_path, src)
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "ablations", "--cores", "16",
+              "--resources", "gpu=6", "--configfile", str(cfg))
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_train_cam"] == 6 and jobs["ablation_train_seg"] == 6 and jobs["sam_everything"] == 1
+    assert _se_stores(out.stdout) == {f"se-{settings_tag({'points_per_side': 32})}"}

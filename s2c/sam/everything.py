@@ -43,6 +43,8 @@ renumbered 1..N over the masks that own at least one pixel; 0 = unassigned.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -116,6 +118,14 @@ def everything_settings(cfg: dict | None) -> dict:
     cfg = resolve_everything_cfg(cfg)
     drop = set(_NO_EFFECT_ON_OUTPUT) | (set(_FAST_ONLY) if cfg["impl"] == "stock" else set())
     return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def settings_tag(cfg: dict | None) -> str:
+    """8 hex digits of :func:`everything_settings`: the workflow names SE stores ``se-<tag>``, so
+    two configs that segment one dataset differently (e.g. 8 and 32 points per side) never share,
+    overwrite or silently reuse each other's maps."""
+    blob = json.dumps(everything_settings(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------------------------------------

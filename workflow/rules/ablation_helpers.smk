@@ -18,7 +18,7 @@ def ablation_cache(kind):
     def inputs(wc):
         cam = resolve_cam_cfg(ablation_cam_cfg(wc))
         needs = cam["ssc"]["enabled"] if kind == "se" else (cam["cpm"]["enabled"] and cam["sam_mode"] == "cached")
-        return [f"{CACHE}/{SPLITS['train']}/{kind}.json"] if needs else []
+        return [cache_manifest(kind)] if needs else []
 
     return inputs
 

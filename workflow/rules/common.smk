@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from s2c.data import split_list_file
 from s2c.errors import S2CError
-from s2c.sam.everything import decodes_cached_embedding
+from s2c.sam.everything import decodes_cached_embedding, settings_tag
 from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, resolve_sections
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 
@@ -22,6 +22,9 @@ PARTS = list(range(SAM["parts"]))
 SPLITS = config["splits"]
 # The cache depends on the data and the SAM model only, so runs (baseline, S2C, ablations) share it.
 CACHE = f"cache/{config['dataset']}/{SAM['model_type']}"
+# SE stores are named by their settings as well (se-<8 hex>): configs that segment one dataset
+# differently keep separate stores instead of overwriting or silently reusing each other's.
+SE_KIND = f"se-{settings_tag(SAM['everything'])}"
 # What the wildcards of the cache and CAM rules may hold (the schema constrains split names to
 # the same pattern): never a path separator or a shell character.
 SPLIT_RE = "[A-Za-z0-9_.-]+"
@@ -131,17 +134,23 @@ def final_metrics():
     ]
 
 
+def cache_manifest(kind, split=None):
+    """The joined manifest of cache ``kind`` ("embed" or "se") for ``split`` (default: training)."""
+    name = SE_KIND if kind == "se" else kind
+    return f"{CACHE}/{split or SPLITS['train']}/{name}.json"
+
+
 def train_cam_cache(kind):
     """Cache manifests the trainer streams; the L_CLS-only baseline and online SAM need none."""
     cam = STAGE["cam"]
     needs_se = cam["ssc"]["enabled"]
     needs_embed = cam["cpm"]["enabled"] and cam["sam_mode"] == "cached"
     if (kind == "se" and needs_se) or (kind == "embed" and needs_embed):
-        return [f"{CACHE}/{SPLITS['train']}/{kind}.json"]
+        return [cache_manifest(kind)]
     return []
 
 
 def pseudo_se_manifest():
     if STAGE["pseudo"]["refine"] == "sam":
-        return [f"{CACHE}/{SPLITS['train']}/se.json"]
+        return [cache_manifest("se")]
     return []

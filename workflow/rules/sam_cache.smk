@@ -40,7 +40,7 @@ rule sam_everything:
         ckpt=sam_checkpoint(),
         embed=se_embed_store,
     output:
-        directory(f"{CACHE}/{{split}}/se.part{{part}}.zarr"),
+        directory(f"{CACHE}/{{split}}/{SE_KIND}.part{{part}}.zarr"),
     log:
         f"{CACHE}/logs/sam_everything.{{split}}.part{{part}}.log",
     benchmark:
@@ -79,11 +79,13 @@ rule sam_cache_join:
         f"{CACHE}/benchmarks/sam_cache_join.{{split}}.{{kind}}.tsv"
     wildcard_constraints:
         split=SPLIT_RE,
-        kind="embed|se",
+        kind=f"embed|{SE_KIND}",
     conda:
         "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        kind=lambda wc: wc.kind.split("-")[0],  # se-<tag> → se
     shell:
-        "python -m s2c.sam_cache join --kind {wildcards.kind:q} --parts {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m s2c.sam_cache join --kind {params.kind:q} --parts {input:q} --out {output:q} > {log:q} 2>&1"
