@@ -132,6 +132,11 @@ def check_augment(cam_cfg: dict) -> dict:
     return merged
 
 
+def _positive_int_or_null(v, key: str, null_means: str) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise S2CError(f"{key} must be a positive integer or null ({null_means}), got {v!r}")
+
+
 def resolve_cam(cfg: dict | None) -> dict:
     """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
 
@@ -167,12 +172,8 @@ def resolve_cam(cfg: dict | None) -> dict:
     if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
                                                   and 0 <= cpm["start_fraction"] <= 1):
         raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
-    mb = out["micro_batch"]
-    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
-        raise S2CError(f"cam.micro_batch must be a positive integer or null (the whole batch), got {mb!r}")
-    pb = cpm["prompt_batch"]
-    if pb is not None and (isinstance(pb, bool) or not isinstance(pb, int) or pb < 1):
-        raise S2CError(f"cam.cpm.prompt_batch must be a positive integer or null (auto), got {pb!r}")
+    _positive_int_or_null(out["micro_batch"], "cam.micro_batch", "the whole batch")
+    _positive_int_or_null(cpm["prompt_batch"], "cam.cpm.prompt_batch", "auto")
     check_augment(out)
     return {**out, **model}
 

@@ -49,7 +49,7 @@ def multiscale_prompt_cams(forward_cams: Callable[[torch.Tensor], torch.Tensor],
         forward_cams: images (b,3,h,w) → raw CAMs (b,C,h',w'), each image independent of the others
             (eval mode, frozen BatchNorm), so running it on slices of the batch changes nothing.
         images: (B, 3, H, W) normalised crops. labels: (B, C).
-        chunk: images per ``forward_cams`` call (None: the whole batch). On CPU, slices of 2 run
+        chunk: images per ``forward_cams`` call (None: the whole batch). On CPU, image by image runs
             the 2× upscaled batch ~2× faster than one call (its activations stay in cache).
     Returns:
         (B, C, H, W) in [0, 1], absent classes 0, no gradient.

@@ -16,9 +16,7 @@ def ablation_cache(kind):
     """Cache manifest a row's trainer streams (none for the L_CLS-only baseline)."""
 
     def inputs(wc):
-        cam = resolve_cam_cfg(ablation_cam_cfg(wc))
-        needs = cam["ssc"]["enabled"] if kind == "se" else (cam["cpm"]["enabled"] and cam["sam_mode"] == "cached")
-        return [cache_manifest(kind)] if needs else []
+        return cam_cache(resolve_cam_cfg(ablation_cam_cfg(wc)), kind)
 
     return inputs
 

@@ -140,14 +140,16 @@ def cache_manifest(kind, split=None):
     return f"{CACHE}/{split or SPLITS['train']}/{name}.json"
 
 
+def cam_cache(cam, kind):
+    """The manifest of cache ``kind`` a resolved cam section streams: SE maps for SSC, embeddings
+    for cached CPM; none for the L_CLS-only baseline or online SAM."""
+    needs = cam["ssc"]["enabled"] if kind == "se" else (cam["cpm"]["enabled"] and cam["sam_mode"] == "cached")
+    return [cache_manifest(kind)] if needs else []
+
+
 def train_cam_cache(kind):
-    """Cache manifests the trainer streams; the L_CLS-only baseline and online SAM need none."""
-    cam = STAGE["cam"]
-    needs_se = cam["ssc"]["enabled"]
-    needs_embed = cam["cpm"]["enabled"] and cam["sam_mode"] == "cached"
-    if (kind == "se" and needs_se) or (kind == "embed" and needs_embed):
-        return [cache_manifest(kind)]
-    return []
+    """Cache manifests the main run's trainer streams."""
+    return cam_cache(STAGE["cam"], kind)
 
 
 def pseudo_se_manifest():
