@@ -1,7 +1,8 @@
 """The paper's ablation tables from a set of runs (``python -m s2c.ablation_table``).
 
 One line per (row, seed): the CAM mIoU of that run's classifier, its model-free floor (centre
-prior), optionally its pseudo-label and segmentation mIoU, the number of optimizer steps it trained,
+prior), optionally its pseudo-label and segmentation mIoU, the number of optimizer steps it trained
+from the ImageNet weights (``steps``; with a shared warm-up, ``warmup_steps`` of them are the warm-up's),
 and the paper's VOC number for the row (Tables 1 / 2) beside ours. Written as a TSV (the Snakemake
 report renders it) and printed as a table.
 
@@ -26,9 +27,10 @@ from pathlib import Path
 from .errors import S2CError, cli_main
 from .io import atomic_path
 from .metrics import read_metrics
-from .sections import ABLATIONS, PAPER_VOC_CAM
+from .models import read_cam_checkpoint
+from .sections import ABLATIONS, PAPER_VOC_CAM, WARMUP_ROW
 
-COLUMNS = ("row", "seed", "steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
+COLUMNS = ("row", "seed", "steps", "warmup_steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
            "commit", "command")
 
 
@@ -51,16 +53,28 @@ def _steps(losses_csv: Path) -> int | None:
         return sum(1 for _ in csv.DictReader(f))
 
 
+def _warmup_steps(model_pt: Path) -> int | None:
+    """Steps of the warm-up run (cam.init) this model started from; None when it started from ImageNet."""
+    if not model_pt.is_file():
+        return None
+    init = (read_cam_checkpoint(model_pt)["cam_cfg"] or {}).get("init")
+    return None if not init else _steps(Path(init).parent / "losses.csv")
+
+
 def run_row(run: Path, commit: str, command: str) -> dict:
     """The table line of one run folder ``.../<row>/seed<N>``."""
     m = re.fullmatch(r"seed(\d+)", run.name)
     row = run.parent.name
-    if m is None or row not in ABLATIONS:
-        raise S2CError(f"{run}: expected a folder <row>/seed<N> with <row> one of {sorted(ABLATIONS)}")
+    if m is None or row not in (*ABLATIONS, WARMUP_ROW):
+        raise S2CError(f"{run}: expected a folder <row>/seed<N> with <row> one of {sorted(ABLATIONS)} or "
+                       f"{WARMUP_ROW!r}")
     cam = read_metrics(run / "metrics" / "cam_train.json")
     opt = {k: (read_metrics(p)["miou"] if (p := run / "metrics" / f"{k}.json").is_file() else None)
            for k in ("pseudo_train", "seg_val")}
-    return {"row": row, "seed": int(m.group(1)), "steps": _steps(run / "cam" / "losses.csv"),
+    own = _steps(run / "cam" / "losses.csv")
+    warm = _warmup_steps(run / "cam" / "model.pt")
+    return {"row": row, "seed": int(m.group(1)), "steps": None if own is None else own + (warm or 0),
+            "warmup_steps": warm,
             "cam_miou": cam["miou"], "floor_miou": (cam.get("floors") or {}).get("centre_prior", {}).get("miou"),
             "pseudo_miou": opt["pseudo_train"], "seg_miou": opt["seg_val"],
             "paper_voc_cam": PAPER_VOC_CAM.get(row), "commit": commit, "command": command}

@@ -32,7 +32,7 @@ from .data import open_dataset
 from .data.transforms import TrainAugment, normalize
 from .errors import S2CError, cli_main
 from .io import sha256_file
-from .models import build_classifier
+from .models import build_classifier, read_cam_checkpoint
 from .sections import INFER_CAM_DEFAULTS as DEFAULTS
 from .sections import resolve_infer_cam
 from .train_utils import select_device
@@ -48,16 +48,7 @@ def load_classifier(path: str | Path, weights_dir: str | Path | None = None,
 
     Returns (model in eval mode on ``device``, the file's metadata without the state dict).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise S2CError(f"model file not found: {path} (run train_cam first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt/foreign files
-        raise S2CError(f"cannot read model file {path} ({e.__class__.__name__}); re-run train_cam") from None
-    missing = [k for k in ("model", "cam_cfg", "num_classes") if k not in ckpt]
-    if missing:
-        raise S2CError(f"model file {path} lacks key(s) {missing}; it is not a train_cam output")
+    ckpt = read_cam_checkpoint(path)
     # pretrained weights are overwritten by the state dict: never download/read them here
     cam_cfg = dict(ckpt["cam_cfg"], pretrained=False)
     with warnings.catch_warnings():

@@ -52,6 +52,10 @@ SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
     "embed_codec": "fp16",  # the codec of the embedding store it decodes from (everything.reuse_embedding)
 }
 
+#: The folder (``results/<run>/ablations/<row>/seed<S>``) of the shared L_CLS-only warm-up that
+#: the ablation rows start from when the workflow's ``ablations.warmup`` is set.
+WARMUP_ROW = "warmup"
+
 # ---------------------------------------------------------------------------------------- cam
 #: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.train_cam`), less the model
 #: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.models.classifier.CAM_DEFAULTS`).
@@ -71,6 +75,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "augment": {},
     "sam_mode": "cached",
     "ablation": None,
+    "init": None,
     "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "size": None,
             "weight": 1.0},
     "cpm": {
@@ -172,6 +177,8 @@ def resolve_cam(cfg: dict | None) -> dict:
     if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
                                                   and 0 <= cpm["start_fraction"] <= 1):
         raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
+    if out["init"] is not None and (not isinstance(out["init"], str) or not out["init"].strip()):
+        raise S2CError(f"cam.init must be the path of a train_cam model.pt or null, got {out['init']!r}")
     _positive_int_or_null(out["micro_batch"], "cam.micro_batch", "the whole batch")
     _positive_int_or_null(cpm["prompt_batch"], "cam.cpm.prompt_batch", "auto")
     check_augment(out)

@@ -48,6 +48,10 @@ sam_mode                  cached      ``cached``: decoder-only on the embedding 
                                       every augmented crop with SAM like the reference (no cache)
 ablation                  null        a row of the paper's Tables 1/2, see :data:`ABLATIONS`; applied
                                       over the keys below
+init                      null        a train_cam ``model.pt`` to start from instead of the ImageNet
+                                      weights (same backbone, output stride, feat_dim and class set):
+                                      a shared warm-up checkpoint (``ablations.warmup``). Optimizer,
+                                      LR schedule and CPM start count from this run's step 0
 ssc.enabled               true        L_SSC on
 ssc.level                 feature     ``feature`` (F, the paper) | ``logit`` (the CAMs; Table 1 row 2)
 ssc.temperature           0.5         divisor of the cosines (paper 0.5; reference ≡ 1)
@@ -118,10 +122,10 @@ from .data import open_dataset
 from .data.cam_train import CAMTrainDataset, collate
 from .data.transforms import Geometry, denormalize
 from .errors import S2CError, cli_main
-from .io import ensure_writable_dir
+from .io import ensure_writable_dir, sha256_file
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
                      normalize_cams, ssc_loss)
-from .models import build_classifier
+from .models import build_classifier, read_cam_checkpoint
 from .plots import note_figure, plot_csv
 from .sam import prompt as sam_prompt
 from .sam.build import DEFAULT_MODEL_TYPE, load_sam
@@ -130,7 +134,7 @@ from .sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
 from .sections import resolve_cam as resolve_cfg
 
 __all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
-           "prompt_batch", "prompting_cams", "cpm_peaks", "cpm_targets", "compute_losses", "train_cam", "main"]
+           "prompt_batch", "prompting_cams", "cpm_peaks", "cpm_targets", "compute_losses", "init_from", "train_cam", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +284,31 @@ def _to(batch: dict, device) -> dict:
                 and k != "input_size" else v) for k, v in batch.items()}
 
 
+def init_from(model: torch.nn.Module, cfg: dict, num_classes: int, class_set: str | None) -> None:
+    """Load ``cfg["init"]`` (a train_cam model.pt) into ``model``, which was built from ``cfg``.
+
+    The checkpoint must come from the same architecture (backbone, output stride, feat_dim) and
+    class set; S2CError naming the file and the differing keys otherwise.
+    """
+    path = cfg["init"]
+    ckpt = read_cam_checkpoint(path)
+    theirs = ckpt["cam_cfg"] or {}
+    differ = [f"{k}: {theirs.get(k)!r} there, {cfg[k]!r} here" for k in ("backbone", "output_stride", "feat_dim")
+              if k in cfg and theirs.get(k, cfg[k]) != cfg[k]]
+    if int(ckpt["num_classes"]) != num_classes:
+        differ.append(f"num_classes: {ckpt['num_classes']} there, {num_classes} here")
+    if class_set and ckpt.get("class_set") and ckpt["class_set"] != class_set:
+        differ.append(f"class_set: {ckpt['class_set']!r} there, {class_set!r} here")
+    if differ:
+        raise S2CError(f"cam.init {path} was trained with another model ({'; '.join(differ)}); "
+                       "warm-start only from a run of the same cam model keys and class set")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise S2CError(f"cam.init {path} does not fit this model ({str(e).splitlines()[0]})") from None
+    log.info("cam.init: starting from %s", path)
+
+
 # ---------------------------------------------------------------------------------------- train
 def train_cam(data_cfg: dict, split: str, out: str | os.PathLike, weights_dir: str | os.PathLike = "weights",
               cfg: dict | None = None, sam_cfg: dict | None = None, embed_manifest=None, se_manifest=None,
@@ -313,6 +342,8 @@ def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest
     data, ds = build_dataset(data_cfg, split, cfg, embed_manifest, se_manifest, embed_expect)
     if model is None:
         model = build_classifier({k: cfg[k] for k in MODEL_KEYS if k in cfg}, ds.num_classes, weights_dir)
+    if cfg["init"] is not None:
+        init_from(model, cfg, ds.num_classes, ds.class_set)
     model = model.to(dev)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)  # inputs follow the weights' layout
@@ -326,7 +357,8 @@ def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest
     # config, image list or caches changed starts from scratch.
     identity = {"cfg": {k: v for k, v in cfg.items() if k != "num_workers"},
                 "inputs": {"images": ds.image_list_hash(),
-                           "caches": tu.inputs_fingerprint(embed_manifest, se_manifest)}}
+                           "caches": tu.inputs_fingerprint(embed_manifest, se_manifest),
+                           **({"init": sha256_file(cfg["init"])} if cfg["init"] is not None else {})}}
     run = tu.TrainingRun(out, identity, LOSS_FIELDS, world, ["loss", "loss_cls", "loss_ssc", "loss_cpm"],
                          title=f"train_cam ({split})")
     start_epoch, step = run.resume(model, opt, rank=rank)

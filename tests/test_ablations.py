@@ -84,6 +84,42 @@ def test_ablation_table_columns_means_and_paper(tmp_path, capsys):
     assert re.search(r"s2c\s+2\s+29\.00\s+\+8\.00", printed)  # mean 29 vs baseline mean 21
 
 
+def test_ablation_table_counts_the_warmup_steps(tmp_path):
+    """A row started from the shared warm-up (cam.init in its model.pt) counts the warm-up's steps
+    in ``steps`` and names them in ``warmup_steps``; the warm-up itself is a line of its own."""
+    import torch
+
+    warm = _fake_run(tmp_path, "warmup", 0, 25.0, 16.0, steps=40)
+    torch.save({"model": {}, "cam_cfg": {"ablation": "baseline"}, "num_classes": 20}, warm / "cam" / "model.pt")
+    s2c = _fake_run(tmp_path, "s2c", 0, 27.0, 16.0, steps=4)
+    torch.save({"model": {}, "cam_cfg": {"ablation": "s2c", "init": str(warm / "cam" / "model.pt")},
+                "num_classes": 20}, s2c / "cam" / "model.pt")
+    w, r = at.run_row(warm, "", ""), at.run_row(s2c, "", "")
+    assert (w["row"], w["steps"], w["warmup_steps"]) == ("warmup", 40, None)
+    assert (r["steps"], r["warmup_steps"]) == (44, 40)
+
+
+def test_ablation_warmup_is_shared_by_the_rows_of_a_seed(tmp_path):
+    """ablations.warmup: one L_CLS-only run per seed, of warmup.epochs; every row of that seed
+    starts from its model.pt (cam.init) with warmup.cam over the cam section."""
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "-p", "--cores", "2", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config",
+              "ablations={rows: [baseline, s2c], seeds: [0, 1], warmup: {epochs: 3, cam: {epochs: 1, cpm: {start_step: 0, start_fraction: null}}}}",
+              "pseudo={refine: none}")
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_train_cam"] == 6 and jobs["ablation_eval_cam"] == 6  # 2 warm-ups + 2 rows x 2 seeds
+    cmds = {m.group(2): json.loads(m.group(1)) for m in re.finditer(
+        r"--cfg '(\{[^']*\})' --sam-cfg .*? > results/demo/ablations/(\w+/seed\d)/logs/train_cam.log", out.stdout)}
+    assert set(cmds) == {f"{r}/seed{s}" for r in ("warmup", "baseline", "s2c") for s in (0, 1)}
+    assert cmds["warmup/seed1"]["ablation"] == "baseline" and cmds["warmup/seed1"]["epochs"] == 3
+    assert "init" not in cmds["warmup/seed1"]
+    s2c = cmds["s2c/seed1"]
+    # --config gives strings for the untyped warmup.cam (train_cam coerces them by its defaults)
+    assert s2c["init"] == "results/demo/ablations/warmup/seed1/cam/model.pt" and int(s2c["epochs"]) == 1
+    assert int(s2c["cpm"]["start_step"]) == 0 and s2c["cpm"]["min_distance"] == 10 and s2c["seed"] == 1  # merged over config.yaml's cpm
+    assert "results/demo/ablations/warmup/seed0/metrics/cam_train.json" in out.stdout  # its CAMs in the table
+
+
 def test_ablation_table_rejects_foreign_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(S2CError, match="seed<N>"):

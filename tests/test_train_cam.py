@@ -443,6 +443,34 @@ def test_cpm_diag_png_always_exists_and_says_why_when_off(caches, tmp_path, fake
     assert (tmp_path / "s2c" / "cpm_diag.png").stat().st_size > 0 and (tmp_path / "s2c" / "cpm_diag.csv").is_file()
 
 
+def test_init_starts_from_a_warmup_checkpoint(caches, tmp_path):
+    """cam.init loads another run's model.pt before training (the shared warm-up of the ablations):
+    at a vanishing LR the run ends where the warm-up ended, not at the fresh model's weights."""
+    warm = _run(caches, tmp_path / "warm", cfg=_cfg(epochs=1, ablation="baseline"))
+    w = torch.load(warm, weights_only=True)["model"]
+    fresh = tiny_model().state_dict()
+    assert any(not torch.allclose(w[k].float(), fresh[k].float()) for k in w)
+    run = _run(caches, tmp_path / "ft", cfg=_cfg(epochs=1, ablation="baseline", init=str(warm), lr=1e-12))
+    ft = torch.load(run, weights_only=True)
+    assert all(torch.allclose(ft["model"][k].float(), w[k].float(), atol=1e-8) for k in w)
+    assert ft["cam_cfg"]["init"] == str(warm)
+
+
+def test_init_from_another_model_is_a_clear_error(caches, tmp_path):
+    cfg = tc.resolve_cfg({})
+    bad = tmp_path / "other.pt"
+    torch.save({"model": {}, "cam_cfg": {**cfg, "feat_dim": 16}, "num_classes": 20, "class_set": "voc20"}, bad)
+    with pytest.raises(S2CError, match=r"other\.pt.*feat_dim: 16 there"):
+        tc.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
+    torch.save({"model": {}, "cam_cfg": cfg, "num_classes": 80, "class_set": "coco80"}, bad)
+    with pytest.raises(S2CError, match="num_classes: 80 there, 20 here; class_set: 'coco80' there"):
+        tc.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
+    with pytest.raises(S2CError, match="not found"):
+        tc.init_from(tiny_model(), {**cfg, "init": str(tmp_path / "none.pt")}, 20, "voc20")
+    with pytest.raises(S2CError, match="cam.init must be"):
+        tc.resolve_cfg({"init": 5})
+
+
 def test_lr_mult_new_defaults_to_the_reference_1x():
     assert tc.resolve_cfg({})["lr_mult_new"] == 1.0
 

@@ -2,7 +2,7 @@
 checkpoints of the full model; trainers/inference load those with ``load_state_dict``."""
 
 from .backbones import BACKBONES, Backbone, build_backbone
-from .classifier import CAMClassifier, build_classifier, freeze_bn
+from .classifier import CAMClassifier, build_classifier, freeze_bn, read_cam_checkpoint
 from .deeplab import DeepLab, build_deeplab
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "CAMClassifier",
     "build_classifier",
     "freeze_bn",
+    "read_cam_checkpoint",
     "DeepLab",
     "build_deeplab",
 ]

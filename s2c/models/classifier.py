@@ -24,6 +24,8 @@ tests); to train a backbone from scratch set ``freeze_bn: false``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,6 +150,22 @@ class CAMClassifier(nn.Module):
         feats = F.relu(self.proj(self.backbone(x)))
         cams = self.classifier(feats)
         return {"logits": cams.mean(dim=(2, 3)), "cams": cams, "feats": feats}
+
+
+def read_cam_checkpoint(path) -> dict:
+    """A train_cam ``model.pt``: ``{"model": state_dict, "cam_cfg": dict, "num_classes": C,
+    "class_set": str}`` on CPU, its keys checked (S2CError naming the file otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise S2CError(f"model file not found: {path} (run train_cam first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt/foreign files
+        raise S2CError(f"cannot read model file {path} ({e.__class__.__name__}); re-run train_cam") from None
+    missing = [k for k in ("model", "cam_cfg", "num_classes") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise S2CError(f"model file {path} lacks key(s) {missing}; it is not a train_cam output")
+    return ckpt
 
 
 def build_classifier(cam_cfg: dict, num_classes: int, weights_dir=None) -> CAMClassifier:

@@ -1,15 +1,39 @@
 # Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
-from s2c.sections import ABLATIONS
+from s2c.sections import ABLATIONS, WARMUP_ROW
 from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
 ABL_DIR = f"{RESULTS}/ablations"
 ABL_RUN = f"{ABL_DIR}/{{row}}/seed{{seed}}"
 
+WARMUP = ABL.get("warmup")  # the rows start from one L_CLS-only run per seed
+ABL_ROWS = [*([WARMUP_ROW] if WARMUP else []), *ABL["rows"]]
+
+
+def _over(base, over):
+    """``over`` on ``base``, sub-sections (cpm, ssc, diagnostics) key by key; augment replaced whole."""
+    deep = lambda k, v: isinstance(v, dict) and isinstance(base.get(k), dict) and k != "augment"
+    return {**base, **{k: ({**base[k], **v} if deep(k, v) else v) for k, v in over.items()}}
+
+
+def warmup_model(wc):
+    return f"{ABL_DIR}/{WARMUP_ROW}/seed{wc.seed}/cam/model.pt"
+
 
 def ablation_cam_cfg(wc):
-    """The run's cam section with this row's ablation and seed."""
-    return {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
+    """The cam section of one (row, seed): the run's, with the row's ablation and the seed; with
+    ablations.warmup, the warm-up is L_CLS only for warmup.epochs and the rows start from it."""
+    if wc.row == WARMUP_ROW:
+        return {**config["cam"], "ablation": "baseline", "seed": int(wc.seed), "epochs": WARMUP["epochs"]}
+    cfg = {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
+    if WARMUP:
+        cfg = {**_over(cfg, WARMUP.get("cam") or {}), "init": warmup_model(wc)}
+    return cfg
+
+
+def ablation_init(wc):
+    """The warm-up model.pt a row starts from ([] without ablations.warmup, and for the warm-up)."""
+    return [warmup_model(wc)] if WARMUP and wc.row != WARMUP_ROW else []
 
 
 def ablation_cache(kind):
@@ -26,6 +50,4 @@ def ablation_metrics():
     names = ["cam_train"]
     names += ["pseudo_train"] if ABL["pseudo"] or ABL["seg"] else []
     names += ["seg_val"] if ABL["seg"] else []
-    return [
-        f"{ABL_DIR}/{row}/seed{seed}/metrics/{n}.json" for row in ABL["rows"] for seed in ABL["seeds"] for n in names
-    ]
+    return [f"{ABL_DIR}/{row}/seed{seed}/metrics/{n}.json" for row in ABL_ROWS for seed in ABL["seeds"] for n in names]

@@ -5,7 +5,7 @@ include: "ablation_helpers.smk"
 
 
 wildcard_constraints:
-    row="|".join(ABLATIONS),
+    row="|".join([WARMUP_ROW, *ABLATIONS]),
     seed=r"\d+",
 
 
@@ -16,6 +16,7 @@ rule ablation_train_cam:
         se=ablation_cache("se"),
         sam=sam_checkpoint(),
         backbone=backbone_weights("cam"),
+        init=ablation_init,
     output:
         model=f"{ABL_RUN}/cam/model.pt",
     log:
@@ -221,7 +222,7 @@ rule ablations:
         mem_mb=500,
         runtime=5,
     params:
-        runs=[f"{ABL_DIR}/{row}/seed{seed}" for row in ABL["rows"] for seed in ABL["seeds"]],
+        runs=[f"{ABL_DIR}/{row}/seed{seed}" for row in ABL_ROWS for seed in ABL["seeds"]],
         command=" ".join(["snakemake", *sys.argv[1:]]),
     shell:
         "python -m s2c.ablation_table --runs {params.runs:q} --out {output:q}"
