@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The coco-plus ablation table (issue 10): Table 1 rows baseline / ssc_feature / s2c, seeds 0 and 1,
-# each with CAM, pseudo-label and segmentation mIoU, on ../shared/data/coco-plus, then copied to
-# bench/results/coco_plus.tsv (columns: row seed steps warmup_steps cam_miou floor_miou pseudo_miou
-# seg_miou paper_voc_cam commit command). On CPU the rows start from a shared 40-epoch L_CLS warm-up
-# per seed (ablations.warmup in config/coco_plus_cpu.yaml; the warm-up is a line of its own).
+# The coco-plus ablation table (issue 10): Table 1 rows baseline / ssc_feature / s2c (on CPU also
+# cpm_only), seeds 0 and 1, each with CAM, pseudo-label and segmentation mIoU, on
+# ../shared/data/coco-plus, then copied to bench/results/coco_plus.tsv (columns: row seed steps
+# warmup_steps probe_steps cam_miou floor_miou pseudo_miou seg_miou paper_voc_cam commit command). On
+# CPU the rows start from a shared warm-up per seed (ablations.warmup in config/coco_plus_cpu.yaml: a
+# probe_cam head on frozen features, then 10 epochs of L_CLS; the warm-up is a line of its own).
 #
 #   bash bench/coco_plus_table.sh            # CPU protocol: config/coco_plus_cpu.yaml overlay
 #   bash bench/coco_plus_table.sh --gpu      # the dataset config alone (paper-like schedule)

@@ -2,7 +2,8 @@
 
 One line per (row, seed): the CAM mIoU of that run's classifier, its model-free floor (centre
 prior), optionally its pseudo-label and segmentation mIoU, the number of optimizer steps it trained
-from the ImageNet weights (``steps``; with a shared warm-up, ``warmup_steps`` of them are the warm-up's),
+from the ImageNet weights (``steps``; with a shared warm-up, ``warmup_steps`` of them are the warm-up's;
+``probe_steps``: head-only steps on frozen features the warm-up started from, not in ``steps``),
 and the paper's VOC number for the row (Tables 1 / 2) beside ours. Written as a TSV (the Snakemake
 report renders it) and printed as a table.
 
@@ -30,7 +31,7 @@ from .metrics import read_metrics
 from .models import read_cam_checkpoint
 from .sections import ABLATIONS, PAPER_VOC_CAM, WARMUP_ROW
 
-COLUMNS = ("row", "seed", "steps", "warmup_steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
+COLUMNS = ("row", "seed", "steps", "warmup_steps", "probe_steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
            "commit", "command")
 
 
@@ -53,12 +54,21 @@ def _steps(losses_csv: Path) -> int | None:
         return sum(1 for _ in csv.DictReader(f))
 
 
-def _warmup_steps(model_pt: Path) -> int | None:
-    """Steps of the warm-up run (cam.init) this model started from; None when it started from ImageNet."""
-    if not model_pt.is_file():
-        return None
-    init = (read_cam_checkpoint(model_pt)["cam_cfg"] or {}).get("init")
-    return None if not init else _steps(Path(init).parent / "losses.csv")
+def _starts(model_pt: Path) -> tuple[int | None, int | None]:
+    """(warm-up steps, probe head steps) behind a run, along its chain of cam.init model.pt files
+    (row → warm-up → probe_cam); None for a phase it did not start from."""
+    warm = probe = None
+    ckpt = read_cam_checkpoint(model_pt) if model_pt.is_file() else None
+    for _ in range(3):
+        init = (ckpt["cam_cfg"] or {}).get("init") if ckpt else None
+        if not init:
+            break
+        ckpt = read_cam_checkpoint(init) if Path(init).is_file() else None
+        if ckpt is not None and "probe" in ckpt:
+            probe = int(ckpt["probe"]["steps"])
+            break
+        warm = _steps(Path(init).parent / "losses.csv")
+    return warm, probe
 
 
 def run_row(run: Path, commit: str, command: str) -> dict:
@@ -72,9 +82,9 @@ def run_row(run: Path, commit: str, command: str) -> dict:
     opt = {k: (read_metrics(p)["miou"] if (p := run / "metrics" / f"{k}.json").is_file() else None)
            for k in ("pseudo_train", "seg_val")}
     own = _steps(run / "cam" / "losses.csv")
-    warm = _warmup_steps(run / "cam" / "model.pt")
+    warm, probe = _starts(run / "cam" / "model.pt")
     return {"row": row, "seed": int(m.group(1)), "steps": None if own is None else own + (warm or 0),
-            "warmup_steps": warm,
+            "warmup_steps": warm, "probe_steps": probe,
             "cam_miou": cam["miou"], "floor_miou": (cam.get("floors") or {}).get("centre_prior", {}).get("miou"),
             "pseudo_miou": opt["pseudo_train"], "seg_miou": opt["seg_val"],
             "paper_voc_cam": PAPER_VOC_CAM.get(row), "commit": commit, "command": command}

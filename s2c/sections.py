@@ -95,6 +95,7 @@ ABLATIONS: dict[str, dict] = {
     "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1: 57.3
     "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
     "s2c": {},                                                                   # Table 1: 76.1
+    "cpm_only": {"ssc": {"enabled": False}},                                     # (not in the paper)
     "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
     "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
     "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
@@ -103,7 +104,7 @@ ABLATIONS: dict[str, dict] = {
 }
 #: CAM mIoU (VOC train) the paper reports for each ablation row (Tables 1 / 2; None: not reported).
 PAPER_VOC_CAM: dict[str, float | None] = {
-    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "single_peak": 73.0,
+    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "cpm_only": None, "single_peak": 73.0,
     "no_confidence": 72.7, "sam_confidence": 73.2, "cam_confidence": None, "no_background": 74.9,
 }
 #: SAM outputs ``cam.cpm.multimask_index`` may keep (s2c.sam.prompt.decode_prompts).

@@ -125,7 +125,7 @@ from .errors import S2CError, cli_main
 from .io import ensure_writable_dir, sha256_file
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
                      normalize_cams, ssc_loss)
-from .models import build_classifier, read_cam_checkpoint
+from .models import build_classifier, cam_checkpoint, read_cam_checkpoint
 from .plots import note_figure, plot_csv
 from .sam import prompt as sam_prompt
 from .sam.build import DEFAULT_MODEL_TYPE, load_sam
@@ -410,8 +410,7 @@ def _train(data_cfg, split, out: Path, weights_dir, cfg, sam_cfg, embed_manifest
     if diag_off is not None:  # the report's diagnostics entry then says why there are none
         note_figure(out / "cpm_diag.png", "CPM diagnostics", f"No CPM diagnostics in this run: {diag_off}.")
     net = tu.unwrap(model)
-    return run.finish({"model": net.state_dict(), "cam_cfg": cfg, "num_classes": ds.num_classes,
-                       "class_set": ds.class_set, "input_norm": _input_norm(net)})
+    return run.finish(cam_checkpoint(net, cfg, ds.num_classes, ds.class_set))
 
 
 def _make_loader(data, cfg: dict, dev: torch.device, rank: int, world: int, split: str):
@@ -482,12 +481,6 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
         return cpm_targets(sam, batch, pc, cpm, cfg["sam_mode"])
 
     return (lambda: run_diagnostics(net, batch_of, prompt_cams, targets, peaks_of, ds.num_classes)), None
-
-
-def _input_norm(net) -> dict | None:
-    """The backbone's input normalisation, recorded in model.pt (None for a model without one)."""
-    norm = getattr(getattr(net, "backbone", None), "input_norm", None)
-    return norm() if callable(norm) else None
 
 
 # ---------------------------------------------------------------------------------------- CLI

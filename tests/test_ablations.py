@@ -95,8 +95,17 @@ def test_ablation_table_counts_the_warmup_steps(tmp_path):
     torch.save({"model": {}, "cam_cfg": {"ablation": "s2c", "init": str(warm / "cam" / "model.pt")},
                 "num_classes": 20}, s2c / "cam" / "model.pt")
     w, r = at.run_row(warm, "", ""), at.run_row(s2c, "", "")
-    assert (w["row"], w["steps"], w["warmup_steps"]) == ("warmup", 40, None)
-    assert (r["steps"], r["warmup_steps"]) == (44, 40)
+    assert (w["row"], w["steps"], w["warmup_steps"], w["probe_steps"]) == ("warmup", 40, None, None)
+    assert (r["steps"], r["warmup_steps"], r["probe_steps"]) == (44, 40, None)
+    # with warmup.probe the warm-up started from a probe_cam model: its head steps are named, not counted
+    probe = tmp_path / "probe" / "seed0" / "model.pt"
+    probe.parent.mkdir(parents=True)
+    torch.save({"model": {}, "cam_cfg": {}, "num_classes": 20, "probe": {"steps": 3000}}, probe)
+    torch.save({"model": {}, "cam_cfg": {"ablation": "baseline", "init": str(probe)}, "num_classes": 20},
+               warm / "cam" / "model.pt")
+    w, r = at.run_row(warm, "", ""), at.run_row(s2c, "", "")
+    assert (w["steps"], w["warmup_steps"], w["probe_steps"]) == (40, None, 3000)
+    assert (r["steps"], r["warmup_steps"], r["probe_steps"]) == (44, 40, 3000)
 
 
 def test_ablation_warmup_is_shared_by_the_rows_of_a_seed(tmp_path):
@@ -118,6 +127,26 @@ def test_ablation_warmup_is_shared_by_the_rows_of_a_seed(tmp_path):
     assert s2c["init"] == "results/demo/ablations/warmup/seed1/cam/model.pt" and int(s2c["epochs"]) == 1
     assert int(s2c["cpm"]["start_step"]) == 0 and s2c["cpm"]["min_distance"] == 10 and s2c["seed"] == 1  # merged over config.yaml's cpm
     assert "results/demo/ablations/warmup/seed0/metrics/cam_train.json" in out.stdout  # its CAMs in the table
+
+
+def test_ablation_warmup_starts_from_a_probe(tmp_path):
+    """ablations.warmup.probe: per seed, a probe_cam job (seeded by the row's seed) whose model.pt the
+    warm-up starts from; the rows still start from the warm-up."""
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "-p", "--cores", "2", "ablations",
+              "--configfile", str(REPO / "config/config.yaml"), "--config",
+              "ablations={rows: [baseline, cpm_only], seeds: [0, 1], warmup: {epochs: 2, probe: {long_side: 64, steps: 7}}}",
+              "pseudo={refine: none}")
+    text = out.stdout + out.stderr
+    jobs = _jobs(text)
+    assert jobs["ablation_probe_cam"] == 2 and jobs["ablation_train_cam"] == 6
+    probes = {m.group(2): json.loads(m.group(1)) for m in re.finditer(
+        r"--probe '(\{[^']*\})' --out results/demo/ablations/probe/(seed\d)/model\.pt", out.stdout)}
+    assert probes == {f"seed{s}": {"long_side": 64, "steps": 7, "seed": s} for s in (0, 1)}
+    cmds = {m.group(2): json.loads(m.group(1)) for m in re.finditer(
+        r"--cfg '(\{[^']*\})' --sam-cfg .*? > results/demo/ablations/(\w+/seed\d)/logs/train_cam.log", out.stdout)}
+    assert cmds["warmup/seed1"]["init"] == "results/demo/ablations/probe/seed1/model.pt"
+    assert cmds["cpm_only/seed1"]["init"] == "results/demo/ablations/warmup/seed1/cam/model.pt"
+    assert cmds["cpm_only/seed1"]["ablation"] == "cpm_only"
 
 
 def test_ablation_table_rejects_foreign_folder(tmp_path):

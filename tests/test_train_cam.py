@@ -230,7 +230,7 @@ def _loss_batch(caches, cfg, seed=0):
     return collate([data[i] for i in range(4)])
 
 
-@pytest.mark.parametrize("ablation", ["baseline", "ssc_logit", "ssc_feature", "single_peak", "no_confidence",
+@pytest.mark.parametrize("ablation", ["baseline", "ssc_logit", "ssc_feature", "cpm_only", "single_peak", "no_confidence",
                                       "sam_confidence", "cam_confidence", "no_background"])
 def test_every_ablation_changes_the_loss(caches, fake_sam, ablation):
     full = tc.resolve_cfg({"augment": SMALL_AUG, "cpm": {"min_distance": 3, "threshold": 0.3}})
@@ -249,6 +249,8 @@ def test_every_ablation_changes_the_loss(caches, fake_sam, ablation):
     elif ablation.startswith("ssc_"):
         assert b["loss_cpm"] == 0
         assert (b["loss_ssc"] == a["loss_ssc"]) == (ablation == "ssc_feature")
+    elif ablation == "cpm_only":
+        assert b["loss_ssc"] == 0 and b["loss_cpm"] == a["loss_cpm"]
     else:
         assert b["loss_ssc"] == a["loss_ssc"] and b["loss_cpm"] != a["loss_cpm"], (a, b)
 

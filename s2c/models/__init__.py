@@ -2,7 +2,7 @@
 checkpoints of the full model; trainers/inference load those with ``load_state_dict``."""
 
 from .backbones import BACKBONES, Backbone, build_backbone
-from .classifier import CAMClassifier, build_classifier, freeze_bn, read_cam_checkpoint
+from .classifier import CAMClassifier, build_classifier, cam_checkpoint, freeze_bn, read_cam_checkpoint
 from .deeplab import DeepLab, build_deeplab
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "build_backbone",
     "CAMClassifier",
     "build_classifier",
+    "cam_checkpoint",
     "freeze_bn",
     "read_cam_checkpoint",
     "DeepLab",

@@ -168,6 +168,14 @@ def read_cam_checkpoint(path) -> dict:
     return ckpt
 
 
+def cam_checkpoint(net: nn.Module, cam_cfg: dict, num_classes: int, class_set: str | None) -> dict:
+    """What a train_cam ``model.pt`` holds (:func:`read_cam_checkpoint` reads it back): the weights,
+    the cam section that built them, the class set, and the backbone's input normalisation."""
+    norm = getattr(getattr(net, "backbone", None), "input_norm", None)
+    return {"model": net.state_dict(), "cam_cfg": cam_cfg, "num_classes": num_classes, "class_set": class_set,
+            "input_norm": norm() if callable(norm) else None}
+
+
 def build_classifier(cam_cfg: dict, num_classes: int, weights_dir=None) -> CAMClassifier:
     """Build the CAM classifier from the ``cam`` config section (keys in the module docstring)."""
     cfg = cfg_get(cam_cfg or {}, CAM_DEFAULTS, "cam")

@@ -1,5 +1,5 @@
 # Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
-from s2c.sections import ABLATIONS, WARMUP_ROW
+from s2c.sections import ABLATIONS, MODEL_KEYS, WARMUP_ROW
 from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
@@ -8,6 +8,8 @@ ABL_RUN = f"{ABL_DIR}/{{row}}/seed{{seed}}"
 
 WARMUP = ABL.get("warmup")  # the rows start from one L_CLS-only run per seed
 ABL_ROWS = [*([WARMUP_ROW] if WARMUP else []), *ABL["rows"]]
+PROBE = (WARMUP or {}).get("probe")  # the warm-up starts from a head fitted on frozen features
+PROBE_MODEL = f"{ABL_DIR}/probe/seed{{seed}}/model.pt"
 
 
 def _over(base, over):
@@ -20,11 +22,18 @@ def warmup_model(wc):
     return f"{ABL_DIR}/{WARMUP_ROW}/seed{wc.seed}/cam/model.pt"
 
 
+def probe_cam_cfg():
+    """The model keys of the run's cam section: what probe_cam builds (and the warm-up loads)."""
+    return {k: v for k, v in config["cam"].items() if k in MODEL_KEYS}
+
+
 def ablation_cam_cfg(wc):
     """The cam section of one (row, seed): the run's, with the row's ablation and the seed; with
-    ablations.warmup, the warm-up is L_CLS only for warmup.epochs and the rows start from it."""
+    ablations.warmup, the warm-up is L_CLS only for warmup.epochs (from the probe's model with
+    warmup.probe) and the rows start from it."""
     if wc.row == WARMUP_ROW:
-        return {**config["cam"], "ablation": "baseline", "seed": int(wc.seed), "epochs": WARMUP["epochs"]}
+        cfg = {**config["cam"], "ablation": "baseline", "seed": int(wc.seed), "epochs": WARMUP["epochs"]}
+        return {**cfg, "init": PROBE_MODEL.format(seed=wc.seed)} if PROBE else cfg
     cfg = {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
     if WARMUP:
         cfg = {**_over(cfg, WARMUP.get("cam") or {}), "init": warmup_model(wc)}
@@ -32,8 +41,10 @@ def ablation_cam_cfg(wc):
 
 
 def ablation_init(wc):
-    """The warm-up model.pt a row starts from ([] without ablations.warmup, and for the warm-up)."""
-    return [warmup_model(wc)] if WARMUP and wc.row != WARMUP_ROW else []
+    """The model.pt a run starts from: a row's warm-up, the warm-up's probe; [] for none."""
+    if wc.row == WARMUP_ROW:
+        return [PROBE_MODEL.format(seed=wc.seed)] if PROBE else []
+    return [warmup_model(wc)] if WARMUP else []
 
 
 def ablation_cache(kind):

@@ -9,6 +9,36 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+rule ablation_probe_cam:
+    input:
+        images=split_list(SPLITS["train"]),
+        backbone=backbone_weights("cam"),
+    output:
+        model=PROBE_MODEL,
+    log:
+        f"{ABL_DIR}/probe/seed{{seed}}/logs/probe_cam.log",
+    benchmark:
+        f"{ABL_DIR}/probe/seed{{seed}}/benchmarks/probe_cam.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        weights=lambda wc: WEIGHTS,
+        device=config["device"],
+        data=DATA_CFG,
+        cfg=as_json(probe_cam_cfg()),
+        probe=lambda wc: as_json({**(PROBE or {}), "seed": int(wc.seed)}),
+        split=SPLITS["train"],
+    shell:
+        "python -m s2c.gpu_slot python -m s2c.probe_cam --data-cfg {params.data:q} --split {params.split:q}"
+        " --cfg {params.cfg:q} --probe {params.probe:q} --out {output.model:q}"
+        " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
+
+
 rule ablation_train_cam:
     input:
         images=split_list(SPLITS["train"]),
