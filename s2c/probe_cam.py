@@ -6,7 +6,7 @@
 Why: fine-tuning all layers from the ImageNet weights at the reference's settings (new layers at 1×
 LR, no momentum) learns the head of a class seen in a few dozen images far too slowly. On coco-plus
 (494 images, 6-23 for 13 of the 20 classes) 2,440 such steps reached 23.81 CAM mIoU, while this probe
-alone reaches 27.61 in ~4 min on 2 CPU cores, and fine-tuning from it 28.17 after 610 steps
+alone reaches 27.61 in ~4 min on 2 CPU cores, and fine-tuning from it 28.21 after 610 steps
 (README, "coco-plus"). Starting a fine-tune from a fitted head is LP-FT (Kumar et al., ICLR 2022):
 the backbone is then not pulled around by a random head's gradients in the first steps.
 
