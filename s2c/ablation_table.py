@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def write_table(rows: list[dict], out: str | Path) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Per-row lines plus the mean over seeds of each row (CAM mIoU and its gain over the baseline)."""
+    """Per-row lines, then :func:`paired_differences` against the baseline."""
     head = f"{'row':<16} {'seed':>4} {'steps':>6} {'CAM':>7} {'floor':>7} {'pseudo':>7} {'seg':>7} {'paper VOC':>9}"
     lines = [head, "-" * len(head)]
     fmt = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'':>7}"  # noqa: E731
@@ -107,15 +108,29 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['row']:<16} {r['seed']:>4} {r['steps'] if r['steps'] is not None else '':>6} "
                      f"{fmt(r['cam_miou'])} {fmt(r['floor_miou'])} {fmt(r['pseudo_miou'])} {fmt(r['seg_miou'])} "
                      f"{'' if r['paper_voc_cam'] is None else r['paper_voc_cam']:>9}")
-    means = {}
-    for r in rows:
-        means.setdefault(r["row"], []).append(r["cam_miou"])
-    base = sum(means["baseline"]) / len(means["baseline"]) if "baseline" in means else None
-    lines += ["", f"{'row':<16} {'seeds':>5} {'mean CAM':>9} {'vs baseline':>12}"]
-    for row, v in means.items():
-        mean = sum(v) / len(v)
-        gain = f"{mean - base:+12.2f}" if base is not None else f"{'':>12}"
-        lines.append(f"{row:<16} {len(v):>5} {mean:9.2f} {gain}")
+    return "\n".join(lines + ["", paired_differences(rows)])
+
+
+def paired_differences(rows: list[dict], metrics=("cam_miou", "pseudo_miou", "seg_miou")) -> str:
+    """Each row against the baseline of the same seed: the per-seed differences of every metric
+    both runs have, then their mean ± sample sd over the seeds (sd only with 2+ seeds)."""
+    by = {(r["row"], r["seed"]): r for r in rows}
+    head = f"{'row − baseline':<16} {'metric':<7} {'per seed':<36} {'mean':>7} {'± sd':>6} {'n':>2}"
+    lines = [head, "-" * len(head)]
+    for row in dict.fromkeys(r["row"] for r in rows):
+        if row in ("baseline", WARMUP_ROW):
+            continue
+        for m in metrics:
+            d = {s: by[(row, s)][m] - by[("baseline", s)][m] for (rw, s) in by
+                 if rw == row and ("baseline", s) in by and by[(row, s)][m] is not None
+                 and by[("baseline", s)][m] is not None}
+            if not d:
+                continue
+            v = list(d.values())
+            sd = statistics.stdev(v) if len(v) > 1 else None
+            per = " ".join(f"s{s}:{x:+.2f}" for s, x in sorted(d.items()))
+            lines.append(f"{row:<16} {m.split('_')[0]:<7} {per:<36} {statistics.fmean(v):+7.2f} "
+                         f"{'' if sd is None else f'{sd:6.2f}':>6} {len(v):>2}")
     return "\n".join(lines)
 
 

@@ -59,8 +59,11 @@ WARMUP_ROW = "warmup"
 # ---------------------------------------------------------------------------------------- cam
 #: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.train_cam`), less the model
 #: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.models.classifier.CAM_DEFAULTS`).
+#: The values are those of the authors' code (sangrockEG/S2C@102e14c, ``train.py`` arguments and
+#: ``models/model_s2c.py`` ``update()``), pinned by tests/test_reference_defaults.py; where the paper
+#: says otherwise (6 epochs with CPM after the first, SSC temperature 0.5) it is a config switch.
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 6,
+    "epochs": 40,
     "batch_size": 8,
     "lr": 0.02,
     "lr_mult_new": 1.0,
@@ -76,10 +79,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "sam_mode": "cached",
     "ablation": None,
     "init": None,
-    "ssc": {"enabled": True, "level": "feature", "temperature": 0.5, "unassigned_prototype": False, "size": None,
+    "ssc": {"enabled": True, "level": "feature", "temperature": 1.0, "unassigned_prototype": True, "size": None,
             "weight": 1.0},
     "cpm": {
-        "enabled": True, "start_epoch": 1, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale", "scales": [1.0, 2.0],
+        "enabled": True, "start_epoch": 2, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale",
+        "scales": [0.5, 1.0, 1.5, 2.0], "prompts": "peaks", "min_pred_iou": None,
         "prompt_batch": None,
         "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
@@ -96,6 +100,10 @@ ABLATIONS: dict[str, dict] = {
     "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
     "s2c": {},                                                                   # Table 1: 76.1
     "cpm_only": {"ssc": {"enabled": False}},                                     # (not in the paper)
+    # diagnostics, not in the paper: CPM from GT-instance points (needs GT masks), and CPM keeping
+    # only the masks SAM itself rates well (SAM's automatic generator's own pred_iou_thresh)
+    "cpm_oracle": {"ssc": {"enabled": False}, "cpm": {"prompts": "oracle"}},
+    "cpm_sam_iou": {"ssc": {"enabled": False}, "cpm": {"min_pred_iou": 0.88}},
     "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
     "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
     "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
@@ -104,7 +112,8 @@ ABLATIONS: dict[str, dict] = {
 }
 #: CAM mIoU (VOC train) the paper reports for each ablation row (Tables 1 / 2; None: not reported).
 PAPER_VOC_CAM: dict[str, float | None] = {
-    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "cpm_only": None, "single_peak": 73.0,
+    "baseline": 50.1, "ssc_logit": 57.3, "ssc_feature": 63.2, "s2c": 76.1, "cpm_only": None, "cpm_oracle": None,
+    "cpm_sam_iou": None, "single_peak": 73.0,
     "no_confidence": 72.7, "sam_confidence": 73.2, "cam_confidence": None, "no_background": 74.9,
 }
 #: SAM outputs ``cam.cpm.multimask_index`` may keep (s2c.sam.prompt.decode_prompts).
@@ -114,6 +123,7 @@ CAM_CHOICES: dict[tuple[str, ...], tuple] = {
     ("sam_mode",): ("cached", "online"),
     ("ssc", "level"): ("feature", "logit"),
     ("cpm", "prompt_cam"): ("step", "multiscale"),
+    ("cpm", "prompts"): ("peaks", "oracle"),
     ("cpm", "alpha_sam"): ALPHA_SAM,
     ("cpm", "confidence"): CONFIDENCE,
     ("cpm", "background"): BACKGROUND,
@@ -178,6 +188,9 @@ def resolve_cam(cfg: dict | None) -> dict:
     if cpm["start_fraction"] is not None and not (isinstance(cpm["start_fraction"], (int, float))
                                                   and 0 <= cpm["start_fraction"] <= 1):
         raise S2CError(f"cam.cpm.start_fraction must be a number in [0, 1] or null, got {cpm['start_fraction']!r}")
+    mpi = cpm["min_pred_iou"]
+    if mpi is not None and (isinstance(mpi, bool) or not isinstance(mpi, (int, float)) or not 0 <= mpi <= 1):
+        raise S2CError(f"cam.cpm.min_pred_iou must be a number in [0, 1] or null, got {mpi!r}")
     if out["init"] is not None and (not isinstance(out["init"], str) or not out["init"].strip()):
         raise S2CError(f"cam.init must be the path of a train_cam model.pt or null, got {out['init']!r}")
     _positive_int_or_null(out["micro_batch"], "cam.micro_batch", "the whole batch")

@@ -20,7 +20,7 @@ in :mod:`s2c.models.classifier`):
 ========================  ==========  ==================================================================
 key                       default     meaning
 ========================  ==========  ==================================================================
-epochs                    6           paper 6 (reference code 40)
+epochs                    40          reference code 40 (paper 6)
 batch_size                8           per process
 lr                        0.02        base LR (backbone); new layers get ``lr_mult_new`` ×
 lr_mult_new               1.0         LR multiplier of the from-scratch layers (reference 1×: its
@@ -54,14 +54,16 @@ init                      null        a train_cam ``model.pt`` to start from ins
                                       LR schedule and CPM start count from this run's step 0
 ssc.enabled               true        L_SSC on
 ssc.level                 feature     ``feature`` (F, the paper) | ``logit`` (the CAMs; Table 1 row 2)
-ssc.temperature           0.5         divisor of the cosines (paper 0.5; reference ≡ 1)
-ssc.unassigned_prototype  false       reference quirk: unassigned pixels' mean as an extra negative
+ssc.temperature           1.0         divisor of the cosines (reference ≡ 1: it multiplies by T = 1;
+                                      paper 0.5)
+ssc.unassigned_prototype  true        the unassigned (and padding) pixels' mean as an extra negative
+                                      prototype, as the reference's scatter over segment 0 does
 ssc.size                  null        side at which SSC is computed: null = the crop (paper/reference);
                                       e.g. 128 on 256 crops is ~4× cheaper (SE map subsampled, nearest)
 ssc.weight                1.0
 cpm.enabled               true        L_CPM on
-cpm.start_epoch           1           first (0-based) epoch with L_CPM (paper: off for the first epoch;
-                                      reference code 2); used when the two keys below are null
+cpm.start_epoch           2           first (0-based) epoch with L_CPM (reference ``sstart`` 2; paper:
+                                      off for the first epoch only); used when the two keys below are null
 cpm.start_step            null        first optimizer step with L_CPM (overrides start_epoch); the paper
                                       waits ≈ 1.3k steps (one VOC epoch), the reference ≈ 2.6k
 cpm.start_fraction        null        first step with L_CPM as a fraction of the whole schedule (paper
@@ -69,15 +71,20 @@ cpm.start_fraction        null        first step with L_CPM as a fraction of the
                                       dozen steps. At most one of start_step / start_fraction
 cpm.prompt_cam            multiscale  ``multiscale``: no-grad eval-mode CAMs at ``cpm.scales``, summed (the
                                       reference's prompting CAM); ``step``: this step's CAMs, detached
-                                      (cheapest, but −1.8 CAM mIoU on coco-mini, see README)
-cpm.scales                [1,2]       the reference uses [0.5,1,1.5,2]; two scales cost 5 forwards
-                                      instead of 7.5 and matched it on coco-mini within seed spread
+                                      (a departure: no extra forwards, fewer peaks on their object)
+cpm.scales                [.5,1,1.5,2]  the reference's; fewer scales are a cheaper departure
 cpm.prompt_batch          null        images per no-grad forward of the multiscale prompting CAM; null =
                                       1 on CPU (~2× faster there than the whole batch: bench/train_step.py),
                                       the whole batch on GPU. The same CAMs (eval mode, frozen BN: images are independent)
 cpm.min_distance          20          peak spacing in crop pixels (reference, 256 crops)
 cpm.threshold             0.5         τ for local peaks (the global max is always a prompt)
 cpm.single_peak           false       only the global max (Table 2 "single peak")
+cpm.prompts               peaks       where the points come from: ``peaks`` of the prompting CAM (the
+                                      method) | ``oracle``: one interior point per GT instance of each
+                                      labelled class (s2c.losses.oracle; needs GT masks: a diagnostic)
+cpm.min_pred_iou          null        drop a class's SAM mask when SAM's predicted IoU is below this
+                                      (a departure, not in the paper: prompts that miss their object
+                                      tend to give masks SAM itself rates low)
 cpm.exclude_border        true        drop local peaks within min_distance of the border (peak_local_max)
 cpm.multimask_index       2           SAM output kept (reference 2, the largest), or "best"
 cpm.alpha_sam             logits      α_sam: ``logits`` (reference) | ``sigmoid`` | ``stability``
@@ -124,7 +131,7 @@ from .data.transforms import Geometry, denormalize
 from .errors import S2CError, cli_main
 from .io import ensure_writable_dir, sha256_file
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
-                     normalize_cams, ssc_loss)
+                     normalize_cams, oracle_prompts, ssc_loss)
 from .models import build_classifier, cam_checkpoint, read_cam_checkpoint
 from .plots import note_figure, plot_csv
 from .sam import prompt as sam_prompt
@@ -183,7 +190,10 @@ def prompting_cams(net, x: torch.Tensor, labels: torch.Tensor, cpm: dict,
 
 def cpm_peaks(prompt_cam: torch.Tensor, batch: dict, cpm: dict) -> list[list[tuple[int, torch.Tensor]]]:
     """:func:`s2c.losses.find_peaks` of ``prompt_cam`` (B, C, h, w) with the ``cpm`` section's
-    settings, inside each crop's valid area: per image [(class, points (K, 2) (x, y))]."""
+    settings, inside each crop's valid area: per image [(class, points (K, 2) (x, y))]. With
+    ``cpm.prompts: oracle`` the points come from the batch's GT masks instead (``batch["gt"]``)."""
+    if cpm["prompts"] == "oracle":
+        return oracle_prompts(batch["gt"], batch["labels"])
     return find_peaks(prompt_cam, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
                       batch["valid"], cpm["exclude_border"])
 
@@ -205,23 +215,29 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
     target = torch.empty(B, h, w, dtype=torch.long, device=prompt_cam.device)
     for b in range(B):
         classes = torch.tensor([c for c, _ in peaks[b]], dtype=torch.long, device=prompt_cam.device)
+        if cpm["prompts"] == "oracle" and bool((batch["gt"][b] == 255).all()):
+            target[b] = 255  # no GT mask for this image: no oracle, no CPM target
+            continue
         if classes.numel() == 0:
             target[b] = cpm_pseudo_label(prompt_cam[b], classes, prompt_cam.new_zeros(0, h, w), valid[b])
             continue
         # SAM's prompt encoder takes pixel indices (it adds 0.5 itself); peaks are pixel centres
         pts = [p.cpu().numpy() for _, p in peaks[b]]
         if mode == "online":
-            logits, _ = sam_prompt.decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w),
+            logits, iou = sam_prompt.decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w),
                                                   sam_prompt.sam_input_size((h, w)), cpm["multimask_index"],
                                                   batching=cpm["batching"])
         else:
             geo = batch["geometry"][b]
             orig = tuple(batch["orig_size"][b].tolist())
-            logits, _ = sam_prompt.decode_prompts(sam, batch["embedding"][b],
+            logits, iou = sam_prompt.decode_prompts(sam, batch["embedding"][b],
                                                   [geo.points_to_orig(p) - 0.5 for p in pts], orig,
                                                   tuple(batch["input_size"][b].tolist()), cpm["multimask_index"],
                                                   batching=cpm["batching"])
             logits = geo.warp_to_crop_torch(logits, "bilinear", fill=-20.0)  # padding: confidently "no mask"
+        if cpm["min_pred_iou"] is not None:
+            keep = (iou >= float(cpm["min_pred_iou"])).to(classes.device)
+            classes, logits = classes[keep], logits[keep.to(logits.device)]
         target[b] = cpm_pseudo_label(prompt_cam[b], classes, logits.to(prompt_cam.device), valid[b],
                                      cpm["alpha_sam"], cpm["confidence"], cpm["background"], cpm["tau"])
     return target
@@ -276,7 +292,11 @@ def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se
             raise S2CError("cam.cpm with sam_mode cached needs --embed-manifest (the sam_embed cache); "
                            "or set cam.sam_mode online")
         emb = EmbeddingReader(embed_manifest, {"image_list_hash": h, **(embed_expect or {})})
-    return CAMTrainDataset(ds, cfg["augment"], emb, se, cfg["seed"]), ds
+    gt = cfg["cpm"]["enabled"] and cfg["cpm"]["prompts"] == "oracle"
+    if gt and not pick_sample(ds, 1):
+        raise S2CError(f"cam.cpm.prompts oracle needs GT masks, and no image of split {split!r} has one; "
+                       "use cam.cpm.prompts peaks")
+    return CAMTrainDataset(ds, cfg["augment"], emb, se, cfg["seed"], gt_masks=gt), ds
 
 
 def _to(batch: dict, device) -> dict:
@@ -456,7 +476,7 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
     if not sample:
         log.info("CPM diagnostics off: no training image of %s has a GT mask", ds.split)
         return None, f"no training image of split {ds.split!r} has a GT mask to score CPM's peaks and labels on"
-    view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"])
+    view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"], gt_masks=data.gt_masks)
     view.set_epoch(DIAG_EPOCH)
 
     fixed: list = []  # the sample's crops never change: read images, caches and masks once

@@ -81,7 +81,9 @@ def test_ablation_table_columns_means_and_paper(tmp_path, capsys):
     assert rows[0]["paper_voc_cam"] == "50.1" and rows[2]["paper_voc_cam"] == "76.1"
     assert rows[0]["command"] == "snakemake ablations"
     printed = capsys.readouterr().out
-    assert re.search(r"s2c\s+2\s+29\.00\s+\+8\.00", printed)  # mean 29 vs baseline mean 21
+    # paired per seed: 30 − 20 = +10, 28 − 22 = +6 → mean +8.00 ± sd 2.83 over 2 seeds
+    assert re.search(r"s2c\s+cam\s+s0:\+10\.00 s1:\+6\.00\s+\+8\.00\s+2\.83\s+2", printed)
+    assert re.search(r"s2c\s+pseudo\s+", printed) is None  # no baseline pseudo-label to pair with
 
 
 def test_ablation_table_counts_the_warmup_steps(tmp_path):

@@ -45,11 +45,14 @@ class CAMTrainDataset(Dataset):
         ``id`` str; ``image`` float32 (3, h, w) normalised crop; ``labels`` float32 (C,);
         ``valid`` bool (h, w) crop pixels from the image; ``geometry`` dict (:meth:`Geometry.to_dict`);
         ``se`` int64 (h, w) when ``se_reader``; ``embedding`` float16 (256, 64, 64),
-        ``orig_size`` / ``input_size`` (2,) int64 when ``embed_reader``.
+        ``orig_size`` / ``input_size`` (2,) int64 when ``embed_reader``; ``gt`` int64 (h, w) the
+        crop's GT mask (255 padding and unlabelled) when ``gt_masks`` (oracle CPM prompts).
     """
 
-    def __init__(self, dataset, augment: dict | None = None, embed_reader=None, se_reader=None, seed: int = 0):
+    def __init__(self, dataset, augment: dict | None = None, embed_reader=None, se_reader=None, seed: int = 0,
+                 gt_masks: bool = False):
         self.ds = dataset
+        self.gt_masks = bool(gt_masks)
         self.ids: list[str] = list(dataset.ids)
         self.aug = TrainAugment(augment or {})
         self.embed = embed_reader
@@ -89,6 +92,10 @@ class CAMTrainDataset(Dataset):
                 raise S2CError(f"SE map of {id_} in {self.se.path} is {se.shape}, image is {image.shape[:2]}; "
                                "the cache was built from other images — rebuild it")
             item["se"] = torch.from_numpy(reindex_np(geo.warp_to_crop(se, "nearest", fill=0)))
+        if self.gt_masks:
+            gt = self.ds.load_mask(id_)
+            gt = np.full(image.shape[:2], 255, np.uint8) if gt is None else gt
+            item["gt"] = torch.from_numpy(geo.warp_to_crop(gt, "nearest", fill=255).astype(np.int64))
         if self.embed is not None:
             meta = self.embed.meta(id_)
             if tuple(meta["orig_size"]) != image.shape[:2]:

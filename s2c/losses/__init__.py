@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .cpm import (cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams, normalize_cams,
                   sam_alpha)
+from .oracle import oracle_prompts
 from .ssc import reindex_segments, ssc_loss
 
 
@@ -16,4 +17,5 @@ def cls_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["cls_loss", "ssc_loss", "reindex_segments", "normalize_cams", "multiscale_prompt_cams",
-           "find_peaks", "sam_alpha", "cpm_pseudo_label", "cpm_loss"]
+           "find_peaks", "sam_alpha", "cpm_pseudo_label", "cpm_loss",
+           "oracle_prompts"]
