@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
     p.add_argument("--prompt-cam", default=None, choices=["step", "multiscale"],
                    help="cam.cpm.prompt_cam (default: the trainer's, multiscale at cam.cpm.scales)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="cam.cpm.scales of the multiscale prompting CAM (default: the trainer's, the reference's four)")
     p.add_argument("--prompt-batch", type=int, default=None,
                    help="cam.cpm.prompt_batch: images per prompting-CAM forward (default: the trainer's, 1 on CPU)")
     p.add_argument("--batching", default=None, choices=["pad", "group"], help="cam.cpm.batching (default: the trainer's)")
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
     sub = _Subset(ds, ids)
     cpm = {"start_epoch": 0, **({"prompt_cam": a.prompt_cam} if a.prompt_cam else {}),
            **({"batching": a.batching} if a.batching else {}),
+           **({"scales": a.scales} if a.scales else {}),
            **({"prompt_batch": a.prompt_batch} if a.prompt_batch else {})}
     base_cfg = {"augment": {"crop_size": a.crop}, "cpm": cpm,
                 "ssc": {"size": a.ssc_size}, "micro_batch": a.micro_batch}

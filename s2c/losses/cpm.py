@@ -91,7 +91,12 @@ def find_peaks(cam: torch.Tensor, labels: torch.Tensor, min_distance: int = 20, 
     Local maxima follow the reference (3×3 max-filter, then ``peak_local_max(min_distance)``,
     which also drops peaks within ``min_distance`` of the border): a max-pool local-max filter,
     then spacing enforced by NMS on min_distance-wide boxes — the global max wins ties, so it
-    suppresses local peaks next to it, like the reference's ``peaks_valid[1:]``.
+    suppresses local peaks next to it, where the reference drops its first local peak
+    (``peaks_valid[1:]``). Deliberate departures from the reference (measured by
+    bench/reference_parity.py): a peak is the CAM's own maximum, where the reference keeps the
+    top-left pixel of the 3×3 plateau of the max-filtered CAM (usually 1 px up and left) and tests
+    ``threshold`` at that pixel; and ``peaks_valid[1:]`` there drops the strongest local peak even
+    when the global max is not one of them (e.g. it lies within ``min_distance`` of the border).
 
     Args:
         cam: (B, C, H, W) prompting CAM, max-normalised to [0, 1].

@@ -69,7 +69,9 @@ def ssc_loss(feats: torch.Tensor, se: torch.Tensor, temperature: float = 0.5,
         feats: (B, D, h, w) feature map F (or the CAMs for the "logit level" ablation); gradients
             flow through the pixel features only — prototypes are detached (reference).
         se: (B, H, W) integer SE map at crop size; 0 = unassigned or crop padding, 1..N = segment
-            ids (ids need not be contiguous; empty ids are ignored).
+            ids (ids need not be contiguous; empty ids are ignored — the reference's scatter_mean
+            instead makes every id up to the batch's largest a prototype; one absent from an image
+            is a zero vector there, cosine 0, adding exp(0) = 1 to each of its anchors' softmax).
         temperature: divisor of the cosine similarities (paper 0.5; the reference code ≡ 1).
         unassigned_prototype: reference-code quirk — also use the mean feature of the unassigned
             pixels as a negative prototype. Unassigned pixels are never anchors either way.
