@@ -12,9 +12,11 @@ classifier (s2c's EfficientNet-Lite0; ResNet-38 weights are unobtainable: the re
 copy behind an adapter with ``Net_CAM``'s output keys), SAM (MobileSAM for ViT-H, inside the
 reference's own ``Sam`` / ``MaskDecoder`` classes) and the batch (256² coco-mini crops, SLIC SE maps).
 
-Printed: losses, Ŝ agreement, peaks and per-parameter gradient differences of the step; a controlled
-step without the input-side differences (must agree to rounding); Ŝ attribution runs substituting
-the reference's intermediates into s2c one at a time; s2c's cached mode; a line per difference.
+Printed: losses, Ŝ agreement, peaks and per-parameter gradient differences of the step; the same
+step with s2c's four reference switches on (ssc.absent_prototypes, cpm.sam_resize, cpm.peak_rule,
+cpm.confidence_source; must agree to rounding); a controlled step without the input-side differences
+(must agree to rounding); Ŝ attribution runs substituting the reference's intermediates into s2c one
+at a time; s2c's cached mode; a line per difference.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ CPM = {"enabled": True, "prompt_cam": "multiscale", "scales": [0.5, 1.0, 1.5, 2.
 CPM.update({k: v for k, v in (("prompts", "peaks"), ("min_pred_iou", None)) if k in TRAIN_DEFAULTS["cpm"]})
 S2C_CFG = {"sam_mode": "online", "cpm": CPM, "ssc": {"enabled": True, "level": "feature", "temperature": 1.0,
                                                      "unassigned_prototype": True, "size": None, "weight": 1.0}}
+# s2c's explained departures switched to the reference's behaviour (s2c.train_cam documents them)
+SWITCHES = {"ssc": {"absent_prototypes": True},
+            "cpm": {"sam_resize": "reference", "peak_rule": "reference", "confidence_source": "lowres"}}
+S2C_SWITCHED = {**S2C_CFG, "ssc": {**S2C_CFG["ssc"], **SWITCHES["ssc"]}, "cpm": {**CPM, **SWITCHES["cpm"]}}
 MODEL_CFG = {"backbone": "efficientnet_lite0", "pretrained": True, "output_stride": 16, "feat_dim": 256}
 ROUNDING = 1e-4  # relative; float32 sums in another order (SSC's algebraic form vs the literal one)
 
@@ -164,8 +170,9 @@ def run_reference(ref, clf, rsam, batch) -> SimpleNamespace:
                            prompt_cam=model.cam_ms, sam_conf=model.sam_conf, embedding=model.features_sam)
 
 
-def run_s2c(model, batch, sam, target=None) -> SimpleNamespace:
-    """compute_losses + backward; ``target`` replaces cpm_targets' Ŝ (the controlled step)."""
+def run_s2c(model, batch, sam, target=None, cfg=S2C_CFG) -> SimpleNamespace:
+    """compute_losses + backward with the cam section ``cfg``; ``target`` replaces cpm_targets' Ŝ
+    (the controlled step)."""
     seen, orig = {}, tc.cpm_targets
 
     def probe(sam_, batch_, prompt_cam, cpm, mode):
@@ -176,7 +183,7 @@ def run_s2c(model, batch, sam, target=None) -> SimpleNamespace:
     try:
         model.train()
         model.zero_grad(set_to_none=True)
-        parts = tc.compute_losses(model, batch, resolve_cam(S2C_CFG), sam, use_cpm=True)
+        parts = tc.compute_losses(model, batch, resolve_cam(cfg), sam, use_cpm=True)
         parts["loss"].backward()
     finally:
         tc.cpm_targets = orig
@@ -316,7 +323,8 @@ def run(ref_dir: Path, weights_dir: Path, n_images: int = 4, full: bool = True) 
         batch, grid = make_batch(ds, n_images), make_batch(ds, n_images, grid_se=True)
     rsam = reference_sam(ref, sam)
     r = run_reference(ref, clf, rsam, batch)
-    out = {"patches": patches, "batch": batch, "ref": r, "s2c": run_s2c(clf, batch, sam)}
+    out = {"patches": patches, "batch": batch, "ref": r, "s2c": run_s2c(clf, batch, sam),
+           "s2c_sw": run_s2c(clf, batch, sam, cfg=S2C_SWITCHED)}  # the same batch, no substitution
     # controlled: every image the same segment ids (none absent), and the reference's Ŝ given to s2c
     out["ref_c"] = run_reference(ref, clf, rsam, grid)
     out["s2c_c"] = run_s2c(clf, grid, sam, target=out["ref_c"].target)
@@ -340,6 +348,32 @@ def run(ref_dir: Path, weights_dir: Path, n_images: int = 4, full: bool = True) 
     return out
 
 
+def switched(r, w) -> bool:
+    """Losses and every gradient within ROUNDING of the reference's, and the same Ŝ."""
+    worst = grad_diffs(r.grads, w.grads)[0][0]
+    return (max(rel(getattr(r, k), getattr(w, k)) for k in ("loss_cls", "loss_ssc", "loss_cpm")) < ROUNDING
+            and worst < ROUNDING and bool((r.target == w.target).all()))
+
+
+def switched_rows(out: dict) -> list[str]:
+    """Section 2: the as-is step's batch through s2c with the four reference switches on."""
+    r, w, b = out["ref"], out["s2c_sw"], out["batch"]
+    peaks = tc.cpm_peaks(w.prompt_cam, b, resolve_cam(S2C_SWITCHED)["cpm"])
+    pairs = [(c, a, d, q.numpy()) for rp, sp in zip(r.peaks, peaks) for (c, a), (d, q) in zip(rp, sp)]
+    same = sum(c == d and a.shape == q.shape and np.array_equal(a.astype(np.float32), q) for c, a, d, q in pairs)
+    gd = grad_diffs(r.grads, w.grads)
+    keys = [f"{sec}.{k}: {str(v).lower() if isinstance(v, bool) else v}" for sec, d in SWITCHES.items()
+            for k, v in d.items()]
+    return ["", f"2. s2c with the reference switches on ({', '.join(keys)}): section 1's batch, no substitution"]  \
+        + loss_rows(r, w) + [
+        f"  prompting CAM: max |reference − s2c| = {(r.prompt_cam - w.prompt_cam).abs().max():.1e}",
+        f"  peaks: {same} of {sum(len(x) for x in r.peaks)} (image, class) point sets identical "
+        f"({sum(len(x) for x in peaks)} on the s2c side)",
+        f"  Ŝ: {agreement(r.target, w.target)}",
+        f"  gradients: worst {gd[0][1]} {gd[0][0]:.3e}, median {gd[len(gd) // 2][0]:.3e}",
+        f"  → {'agree to float rounding (Ŝ equal)' if switched(r, w) else 'DO NOT AGREE'}"]
+
+
 def report(out: dict) -> list[str]:
     r, s, b, rc, sc = out["ref"], out["s2c"], out["batch"], out["ref_c"], out["s2c_c"]
     L = ["", "Patches applied to the temporary copy of the reference (file | what | why):"]
@@ -355,19 +389,20 @@ def report(out: dict) -> list[str]:
     gd = grad_diffs(r.grads, s.grads)
     L += rows + [(f"  gradients, max|g_ref − g_s2c| / max|g_ref| of each of the {len(gd)} trainable parameters, "
                  f"sorted (worst: {gd[0][1]} {gd[0][0]:.3e}):")] + [f"    {v:.3e}  {k}" for v, k in gd]
+    L += switched_rows(out)
     gdc = grad_diffs(rc.grads, sc.grads)
-    L += ["", "2. Controlled step: grid SE maps (the same ids in every image) and the reference's Ŝ given to s2c"]
+    L += ["", "3. Controlled step: grid SE maps (the same ids in every image) and the reference's Ŝ given to s2c"]
     L += loss_rows(rc, sc) + [f"  gradients: worst {gdc[0][1]} {gdc[0][0]:.3e}, median {gdc[len(gdc) // 2][0]:.3e}"]
     ok = max(rel(getattr(rc, k), getattr(sc, k)) for k in ("loss_cls", "loss_ssc", "loss_cpm")) < ROUNDING
     L.append(f"  → {'agree to float rounding' if ok and gdc[0][0] < ROUNDING else 'DO NOT AGREE'}")
-    L += ["", "3. Ŝ attribution: s2c's online CPM with the reference's intermediates substituted, cumulatively",
+    L += ["", "4. Ŝ attribution: s2c's online CPM with the reference's intermediates substituted, cumulatively",
           f"  prompting CAM: max |reference − s2c| = {(r.prompt_cam - s.prompt_cam).abs().max():.1e}"]
     L += [f"  {name:34} {agreement(r.target, t)}" for name, t in out["attr"]]
     if "decoder" in out:
-        L += ["", "4. s2c's cached mode on the same batch, vs s2c online",
+        L += ["", "5. s2c's cached mode on the same batch, vs s2c online",
               f"  identity geometry, fp16 embedding of the crop:    {agreement(s.target, out['cached_identity'])}",
               f"  the crop in its whole image (the cache's embedding): {agreement(s.target, out['cached_real'])}",
-              "", "5. The reference's modeling/mask_decoder.py vs the installed segment_anything one (code lines):"]
+              "", "6. The reference's modeling/mask_decoder.py vs the installed segment_anything one (code lines):"]
         L += out["decoder"]
     return L + ["", "Differences and causes (one line each):"] + explain(out, why)
 
@@ -383,9 +418,9 @@ def explain(out: dict, why: Counter) -> list[str]:
          f"torch_scatter's scatter_mean gives the reference a prototype for every id 0..{K - 1} of the BATCH; the ids "
          f"an image lacks ({[K - len(torch.unique(x)) for x in b['se']]} per image here) are zero vectors, cosine 0, "
          "each adding exp(0) = 1 to every anchor's softmax denominator. s2c's ssc_loss leaves absent ids out (logit "
-         "−1e4): deliberate, documented there. No switch (needs one: absent ids at logit 0 in ssc_loss, plumbed "
-         "through sections + train_cam). The reference's loader "
-         "re-indexes ids BEFORE cropping (voc12/data.py apply_tf_se), so there most ids are absent from a crop."),
+         "−1e4): deliberate, documented there. Switch: cam.ssc.absent_prototypes true (section 2). The "
+         "reference's loader re-indexes ids BEFORE cropping (voc12/data.py apply_tf_se), so there most ids are "
+         "absent from a crop."),
         ("- L_SSC checked equal: segment 0 (unassigned) is a negative prototype, never an anchor (ignore_index=0) = "
          "ssc.unassigned_prototype: true; T multiplies there, divides here, T = 1 = ssc.temperature: 1.0."),
         (f"- L_CPM (rel {rel(r.loss_cpm, s.loss_cpm):.1e}) follows from Ŝ alone (controlled, the reference's Ŝ given "
@@ -393,18 +428,18 @@ def explain(out: dict, why: Counter) -> list[str]:
          "20 = CE over [1 − max A; A] with background 0 (a channel permutation); max-normalisation before "
          "upsampling, gradient through the max, on both sides."),
         "- Gradients follow from L_SSC and L_CPM: the controlled step differs by float rounding only.",
-        ("- Ŝ cause 1 (section 3, embedding step): SAM's input. The reference denormalises the crop to float, resizes "
+        ("- Ŝ cause 1 (section 4, embedding step): SAM's input. The reference denormalises the crop to float, resizes "
          "it to 1024² (bilinear, align_corners=True) and TRUNCATES to uint8; s2c online rounds the crop to uint8 and "
-         "resizes with SAM's ResizeLongestSide (PIL bilinear, antialiased). No switch (needs an encoder entry "
-         "doing the reference's resize, called by train_cam.cpm_targets in online mode)."),
+         "resizes with SAM's ResizeLongestSide (PIL bilinear, antialiased). Switch: cam.cpm.sam_resize reference "
+         "(online mode; section 2)."),
         ("- Ŝ cause 2 (peaks step; s2c's find_peaks departs deliberately, as documented there): "
-         + "; ".join(f"{k}: {v}" for k, v in why.items() if v) + ". No switch (needs a reference mode in "
-         "find_peaks, plumbed through sections + train_cam.cpm_peaks)."),
+         + "; ".join(f"{k}: {v}" for k, v in why.items() if v) + ". Switch: cam.cpm.peak_rule reference "
+         "(s2c.losses.find_peaks_reference; section 2)."),
         (f"- Ŝ cause 3 (confidence step): the reference's α_sam comes from SAM's low-res logits resized straight to "
          f"the crop, its mask from the post-processed logits (up to 1024², down to the crop); where they disagree in "
          f"sign a covered pixel scores < 0 and goes to background ({int(((best < 0) & (best > -1e4)).sum())} px "
-         "here). s2c takes both from the post-processed logits (a covered pixel never scores < 0). No switch "
-         "(needs decode_prompts' low-res logits passed by train_cam.cpm_targets to cpm_pseudo_label)."),
+         "here). s2c takes both from the post-processed logits (a covered pixel never scores < 0). Switch: "
+         "cam.cpm.confidence_source lowres (online mode; section 2)."),
         ("- Ŝ checked equal: point coordinates (s2c passes pixel centre − 0.5 = the reference's index; SAM adds 0.5 "
          "to both); multimask index 2; mask post-processing; prompting CAM (align_corners=True input rescale, "
          "align_corners=False CAM upsampling, ReLU after it, sum, × label, max-normalised); global max = first "
@@ -412,9 +447,13 @@ def explain(out: dict, why: Counter) -> list[str]:
         ("- Cached mode: identity geometry differs only by the float16 embedding; a crop of a larger image lets SAM "
          "see the whole image, so masks change (s2c's design; sam_mode: online is the reference's)."),
         ("- mask_decoder.py: the reference drops repeat_interleave of the image embedding over prompts; with one "
-         "embedding broadcasting gives the same (section 5), and update() decodes one prompt per call: no effect."),
+         "embedding broadcasting gives the same (section 6), and update() decodes one prompt per call: no effect."),
         ("- Settings given to s2c.sections.resolve_cam: sam_mode online, ssc.temperature 1.0, ssc.unassigned_prototype "
-         "true, " + ", ".join(f"cpm.{k} {v}" for k, v in CPM.items()))]
+         "true, " + ", ".join(f"cpm.{k} {v}" for k, v in CPM.items())
+         + "; section 2 adds " + ", ".join(f"{sec}.{k} {v}" for sec, d in SWITCHES.items() for k, v in d.items())),
+        ("- Section 2 (the four switches on): "
+         + ("losses, gradients and Ŝ equal to rounding" if switched(r, out["s2c_sw"]) else "DIFFERS")
+         + ": the four departures above are all there is between the two steps on this batch.")]
 
 
 def git_line() -> str:

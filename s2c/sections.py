@@ -21,13 +21,14 @@ from typing import Any, Callable
 from .config import merge_section
 from .data.transforms import AUG_DEFAULTS, TrainAugment
 from .errors import S2CError
-from .losses.cpm import ALPHA_SAM, BACKGROUND, CONFIDENCE, LOSS_MODES
+from .losses.cpm import ALPHA_SAM, BACKGROUND, CONFIDENCE, CONFIDENCE_SOURCES, LOSS_MODES, PEAK_RULES
 from .metrics import DEFAULT_THRESHOLDS
 from .models.classifier import CAM_DEFAULTS, cfg_get
 from .models.deeplab import SEG_DEFAULTS
 from .refine.crf import CRF_DEFAULTS
 from .refine.sam_post import SAM_DEFAULTS
 from .sam.build import DEFAULT_MODEL_TYPE
+from .sam.prompt import SAM_RESIZE
 
 # ---------------------------------------------------------------------------------------- sam
 # The workflow schema validates the sam section's types; each cache stage takes these keys of it
@@ -62,6 +63,8 @@ WARMUP_ROW = "warmup"
 #: The values are those of the authors' code (sangrockEG/S2C@102e14c, ``train.py`` arguments and
 #: ``models/model_s2c.py`` ``update()``), pinned by tests/test_reference_defaults.py; where the paper
 #: says otherwise (6 epochs with CPM after the first, SSC temperature 0.5) it is a config switch.
+#: Four keys default to explained departures (ssc.absent_prototypes, cpm.sam_resize,
+#: cpm.peak_rule, cpm.confidence_source); set to the reference's words they give its step.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 40,
     "batch_size": 8,
@@ -80,7 +83,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "ablation": None,
     "init": None,
     "ssc": {"enabled": True, "level": "feature", "temperature": 1.0, "unassigned_prototype": True, "size": None,
-            "weight": 1.0},
+            "weight": 1.0, "absent_prototypes": False},
     "cpm": {
         "enabled": True, "start_epoch": 2, "start_step": None, "start_fraction": None, "prompt_cam": "multiscale",
         "scales": [0.5, 1.0, 1.5, 2.0], "prompts": "peaks", "min_pred_iou": None,
@@ -88,6 +91,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "min_distance": 20, "threshold": 0.5, "single_peak": False, "exclude_border": True,
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
+        # explained departures from the authors' code, each with a switch to its behaviour
+        # (s2c.train_cam documents them; tests/test_reference_defaults.py EXPLAINED_DEPARTURES)
+        "sam_resize": "sam", "peak_rule": "s2c", "confidence_source": "postprocessed",
     },
     "diagnostics": {"enabled": True, "n_images": 16, "every": 1},
 }
@@ -129,6 +135,9 @@ CAM_CHOICES: dict[tuple[str, ...], tuple] = {
     ("cpm", "background"): BACKGROUND,
     ("cpm", "loss"): LOSS_MODES,
     ("cpm", "batching"): ("pad", "group"),
+    ("cpm", "sam_resize"): SAM_RESIZE,
+    ("cpm", "peak_rule"): PEAK_RULES,
+    ("cpm", "confidence_source"): CONFIDENCE_SOURCES,
 }
 
 
@@ -180,7 +189,13 @@ def resolve_cam(cfg: dict | None) -> dict:
     for k in ("epochs", "batch_size"):
         if not isinstance(out[k], int) or out[k] < 1:
             raise S2CError(f"cam.{k} must be a positive integer, got {out[k]!r}")
+    if not isinstance(out["ssc"]["absent_prototypes"], bool):
+        raise S2CError(f"cam.ssc.absent_prototypes must be true or false, got {out['ssc']['absent_prototypes']!r}")
     cpm = out["cpm"]
+    if cpm["enabled"] and cpm["confidence_source"] == "lowres" and out["sam_mode"] != "online":
+        raise S2CError("cam.cpm.confidence_source lowres needs cam.sam_mode online (the reference resizes the "
+                       "low-res logits of the crop's own embedding); set sam_mode online or confidence_source "
+                       "postprocessed")
     if cpm["start_step"] is not None and cpm["start_fraction"] is not None:
         raise S2CError("cam.cpm.start_step and cam.cpm.start_fraction are both set; keep one (the other null)")
     if cpm["start_step"] is not None and (not isinstance(cpm["start_step"], int) or cpm["start_step"] < 0):

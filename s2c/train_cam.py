@@ -45,7 +45,8 @@ micro_batch               null        images per forward/backward, gradients acc
                                       statistics come from the slice
 augment                   {}          :class:`s2c.data.transforms.TrainAugment` keys (reference defaults)
 sam_mode                  cached      ``cached``: decoder-only on the embedding cache; ``online``: encode
-                                      every augmented crop with SAM like the reference (no cache)
+                                      every augmented crop with SAM, as the reference does (no cache;
+                                      its resize: ``cpm.sam_resize``)
 ablation                  null        a row of the paper's Tables 1/2, see :data:`ABLATIONS`; applied
                                       over the keys below
 init                      null        a train_cam ``model.pt`` to start from instead of the ImageNet
@@ -61,6 +62,17 @@ ssc.unassigned_prototype  true        the unassigned (and padding) pixels' mean 
 ssc.size                  null        side at which SSC is computed: null = the crop (paper/reference);
                                       e.g. 128 on 256 crops is ~4× cheaper (SE map subsampled, nearest)
 ssc.weight                1.0
+ssc.absent_prototypes     false       a departure from the reference, explained: ``true`` = its
+                                      scatter_mean's prototypes, every id up to the batch's largest
+                                      (the slice's, with ``micro_batch``),
+                                      one absent from an image a zero vector (logit 0, adding exp(0) = 1
+                                      to each anchor's softmax denominator); ``false`` leaves absent ids
+                                      out, so an image's loss does not depend on the other images'
+                                      segment counts. Limitation: the reference re-indexes ids before
+                                      cropping, s2c per crop (s2c.data.cam_train.reindex_np), so in
+                                      training the absent ids still differ from the reference's with
+                                      ``true``; on the same SE maps the step is the reference's
+                                      (bench/reference_parity.py)
 cpm.enabled               true        L_CPM on
 cpm.start_epoch           2           first (0-based) epoch with L_CPM (reference ``sstart`` 2; paper:
                                       off for the first epoch only); used when the two keys below are null
@@ -94,6 +106,25 @@ cpm.tau                   0.5
 cpm.loss                  ce          ``ce`` over [1 − max A; A] | ``l1`` to class masks (Table 2 "no bg map")
 cpm.batching              pad         decoder batching of one image's classes (s2c.sam.prompt)
 cpm.weight                1.0
+cpm.sam_resize            sam         SAM's input in ``sam_mode: online`` (no effect in cached mode,
+                                      whose embedding is of the original image): ``sam`` = the crop
+                                      rounded to uint8, SAM's ResizeLongestSide (PIL, antialiased);
+                                      ``reference`` = the authors' float crop × 255 squashed to 1024²
+                                      (bilinear, align_corners=True) and truncated to uint8, prompts and
+                                      masks in that squashed frame. ``sam`` departs on purpose: it is
+                                      SamPredictor's preprocessing, the one the cached embeddings have
+cpm.peak_rule             s2c         ``s2c``: :func:`s2c.losses.find_peaks` (a peak is the CAM's own
+                                      maximum; the strongest local peak is kept); ``reference``:
+                                      :func:`s2c.losses.find_peaks_reference`, the authors' rule with its
+                                      quirks (the top-left pixel of the 3×3 max-filter plateau, τ tested
+                                      there, its first local peak dropped even when the global max is
+                                      not one of them: accidents of its code, which ``s2c`` avoids)
+cpm.confidence_source     postprocessed  the SAM logits α_sam comes from: ``postprocessed`` (the mask's
+                                      own logits, so a covered pixel never scores < 0) | ``lowres``
+                                      (the reference: SAM's 256² logits resized straight to the crop, the
+                                      mask still from the post-processed ones; where the two disagree in
+                                      sign a covered pixel scores < 0 and is background). ``lowres``
+                                      needs ``sam_mode: online`` (an S2CError in cached mode)
 diagnostics.enabled       true        per epoch, on a fixed sample of training images with GT masks: CPM's
                                       peak hit rate vs chance, Ŝ mIoU, prompting-CAM mIoU → cpm_diag.csv/png
                                       (s2c.cpm_diagnostics; only when L_CPM is on and the split has masks)
@@ -127,11 +158,11 @@ from .cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
 from .cpm_diagnostics import FIELDS as DIAG_FIELDS
 from .data import open_dataset
 from .data.cam_train import CAMTrainDataset, collate
-from .data.transforms import Geometry, denormalize
+from .data.transforms import Geometry, denormalize, denormalize_255
 from .errors import S2CError, cli_main
 from .io import ensure_writable_dir, sha256_file
-from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams,
-                     normalize_cams, oracle_prompts, ssc_loss)
+from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, find_peaks_reference,
+                     multiscale_prompt_cams, normalize_cams, oracle_prompts, ssc_loss)
 from .models import build_classifier, cam_checkpoint, read_cam_checkpoint
 from .plots import note_figure, plot_csv
 from .sam import prompt as sam_prompt
@@ -191,11 +222,14 @@ def prompting_cams(net, x: torch.Tensor, labels: torch.Tensor, cpm: dict,
 def cpm_peaks(prompt_cam: torch.Tensor, batch: dict, cpm: dict) -> list[list[tuple[int, torch.Tensor]]]:
     """:func:`s2c.losses.find_peaks` of ``prompt_cam`` (B, C, h, w) with the ``cpm`` section's
     settings, inside each crop's valid area: per image [(class, points (K, 2) (x, y))]. With
-    ``cpm.prompts: oracle`` the points come from the batch's GT masks instead (``batch["gt"]``)."""
+    ``cpm.peak_rule: reference``, :func:`s2c.losses.find_peaks_reference` (the authors' rule) with the
+    same settings. With ``cpm.prompts: oracle`` the points come from the batch's GT masks instead
+    (``batch["gt"]``)."""
     if cpm["prompts"] == "oracle":
         return oracle_prompts(batch["gt"], batch["labels"])
-    return find_peaks(prompt_cam, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
-                      batch["valid"], cpm["exclude_border"])
+    rule = find_peaks_reference if cpm["peak_rule"] == "reference" else find_peaks
+    return rule(prompt_cam, batch["labels"], cpm["min_distance"], cpm["threshold"], cpm["single_peak"],
+                batch["valid"], cpm["exclude_border"])
 
 
 @torch.no_grad()
@@ -203,15 +237,26 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
     """Pseudo-labels Ŝ (B, h, w) long (0 bg, c+1 class c, 255 padding) for a batch of crops.
 
     Peaks of ``prompt_cam`` (B, C, h, w) → one multi-point prompt per present class → SAM. ``cached``:
-    peaks go back to original-image coordinates, the decoder runs on the cached embedding, its
-    logits are warped into the crop. ``online``: each crop is encoded like the reference.
+    peaks go back to original-image coordinates, the decoder runs on the cached embedding of the
+    original image, its logits are warped into the crop. ``online``: each crop is encoded: with
+    ``cpm.sam_resize: sam`` rounded to uint8 and resized by SAM's ResizeLongestSide, with
+    ``reference`` squashed to 1024² and truncated as the authors' code does
+    (:func:`s2c.sam.prompt.encode_squashed`). ``cpm.confidence_source: lowres`` (online only, an
+    S2CError in cached mode) takes α_sam from SAM's low-res logits resized straight to the crop.
     """
     labels, valid = batch["labels"], batch["valid"]
     B, _, h, w = prompt_cam.shape
+    lowres = cpm["confidence_source"] == "lowres"
+    if lowres and mode != "online":
+        raise S2CError("cam.cpm.confidence_source lowres needs cam.sam_mode online (the cached embedding is of "
+                       "the whole original image, not the crop the reference resizes its low-res logits to)")
     peaks = cpm_peaks(prompt_cam, batch, cpm)
+    squash = mode == "online" and cpm["sam_resize"] == "reference"
+    side = sam.image_encoder.img_size if squash or lowres else 1024  # SAM's input frame
     if mode == "online":
         # (B, 256, 64, 64): the reference's cost
-        emb = sam_prompt.encode_images(sam, list(denormalize(batch["image"])))
+        emb = (sam_prompt.encode_squashed(sam, denormalize_255(batch["image"])) if squash
+               else sam_prompt.encode_images(sam, list(denormalize(batch["image"]))))
     target = torch.empty(B, h, w, dtype=torch.long, device=prompt_cam.device)
     for b in range(B):
         classes = torch.tensor([c for c, _ in peaks[b]], dtype=torch.long, device=prompt_cam.device)
@@ -223,10 +268,20 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
             continue
         # SAM's prompt encoder takes pixel indices (it adds 0.5 itself); peaks are pixel centres
         pts = [p.cpu().numpy() for _, p in peaks[b]]
+        alpha = None
         if mode == "online":
-            logits, iou = sam_prompt.decode_prompts(sam, emb[b], [p - 0.5 for p in pts], (h, w),
-                                                  sam_prompt.sam_input_size((h, w)), cpm["multimask_index"],
-                                                  batching=cpm["batching"])
+            idx = [p - 0.5 for p in pts]
+            if squash:  # prompts and low-res logits live in the squashed side² frame
+                frame = (side, side)
+                idx, size = [sam_prompt.squashed_points(p, (h, w), side) for p in idx], frame
+            else:
+                frame, size = sam_prompt.sam_input_size((h, w), side), (h, w)
+            lowres_out = squash or lowres  # then post-processed here, as decode_prompts would
+            out, iou = sam_prompt.decode_prompts(sam, emb[b], idx, size, frame, cpm["multimask_index"],
+                                                 return_lowres=lowres_out, batching=cpm["batching"])
+            logits = sam_prompt.lowres_to_size(out, frame, (h, w), side) if lowres_out else out
+            if lowres:
+                alpha = sam_prompt.lowres_straight(out, frame, (h, w), side)
         else:
             geo = batch["geometry"][b]
             orig = tuple(batch["orig_size"][b].tolist())
@@ -238,8 +293,10 @@ def cpm_targets(sam, batch: dict, prompt_cam: torch.Tensor, cpm: dict, mode: str
         if cpm["min_pred_iou"] is not None:
             keep = (iou >= float(cpm["min_pred_iou"])).to(classes.device)
             classes, logits = classes[keep], logits[keep.to(logits.device)]
+            alpha = None if alpha is None else alpha[keep.to(alpha.device)]
         target[b] = cpm_pseudo_label(prompt_cam[b], classes, logits.to(prompt_cam.device), valid[b],
-                                     cpm["alpha_sam"], cpm["confidence"], cpm["background"], cpm["tau"])
+                                     cpm["alpha_sam"], cpm["confidence"], cpm["background"], cpm["tau"],
+                                     None if alpha is None else alpha.to(prompt_cam.device))
     return target
 
 
@@ -257,7 +314,8 @@ def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = Fals
             f = ssc["size"] / max(se.shape[-2:])
             size = (max(1, round(se.shape[-2] * f)), max(1, round(se.shape[-1] * f)))
             se = F.interpolate(se[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-        parts["loss_ssc"] = ssc["weight"] * ssc_loss(maps, se, ssc["temperature"], ssc["unassigned_prototype"])
+        parts["loss_ssc"] = ssc["weight"] * ssc_loss(maps, se, ssc["temperature"], ssc["unassigned_prototype"],
+                                                     ssc["absent_prototypes"])
     if use_cpm:
         cam = normalize_cams(out["cams"].float(), labels, x.shape[-2:])
         prompt_cam = prompting_cams(tu.unwrap(model), x, labels, cpm, step_cam=cam)

@@ -49,6 +49,26 @@ REFERENCE = [
     (("cpm", "weight"), 1.0, "train.py: --W 1 1 1"),
 ]
 
+# (key path, s2c's default, the authors' value, why s2c departs): keys whose default is a deliberate,
+# explained departure with a switch to the reference's behaviour (s2c.train_cam documents each;
+# bench/reference_parity.py shows the step equal to the reference's with all four set)
+EXPLAINED_DEPARTURES = [
+    (("ssc", "absent_prototypes"), False, True,
+     "update: scatter_mean makes every id up to the batch's largest a prototype, zero where absent; "
+     "s2c leaves absent ids out, so an image's loss does not depend on the rest of its batch"),
+    (("cpm", "sam_resize"), "sam", "reference",
+     "update: the float crop squashed to 1024² (align_corners=True) and truncated to uint8; s2c uses "
+     "SamPredictor's preprocessing, the one its cached embeddings have"),
+    (("cpm", "peak_rule"), "s2c", "reference",
+     "update: peak_local_max of the 3×3 max-filtered CAM (plateau corners, τ there) and peaks_valid[1:]; "
+     "s2c takes the CAM's own maxima and never drops a local peak that is not the global max"),
+    (("cpm", "confidence_source"), "postprocessed", "lowres",
+     "update: α_sam from the low-res logits resized straight to the crop, the mask from the post-processed "
+     "ones; s2c takes both from the same logits, so a covered pixel never scores < 0"),
+]
+# the settings the reference's value of a departure needs besides it (lowres: online mode)
+_DEPARTURE_CONTEXT = {("cpm", "confidence_source"): {"sam_mode": "online"}}
+
 
 def _get(d, path):
     for k in path:
@@ -81,3 +101,22 @@ def test_departing_configs_name_their_departures(name):
         assert "departs from the reference" in text, f"config/{name} changes {differ} without saying so"
         for p in differ:
             assert ".".join(p) in text, f"config/{name}: cam.{'.'.join(p)} departs but is not named"
+
+
+def _set(path, value) -> dict:
+    cfg: dict = {}
+    node = cfg
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize("path,default,reference,why", EXPLAINED_DEPARTURES,
+                         ids=[".".join(p) for p, *_ in EXPLAINED_DEPARTURES])
+def test_explained_departure_defaults_and_accepts_the_reference_value(path, default, reference, why):
+    assert _get(resolve_cam({}), path) == default, f"cam.{'.'.join(path)}: not the stated s2c default"
+    assert default != reference, f"cam.{'.'.join(path)} equals the reference: list it in REFERENCE instead"
+    cfg = {**_DEPARTURE_CONTEXT.get(path, {}), **_set(path, reference)}
+    assert _get(resolve_cam(cfg), path) == reference
+    assert all(p != path for p, _, _ in REFERENCE), f"cam.{'.'.join(path)} is in both lists"

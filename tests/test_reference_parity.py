@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _sam_fixtures import mobile_sam_checkpoint, sam_weights_dir  # noqa: F401  (session fixtures)
 
 REFERENCE = os.environ.get("S2C_REFERENCE_DIR")
@@ -57,3 +58,16 @@ def test_step_as_is(parity):
     # with the reference's SAM embedding, peaks and confidence rule, s2c's decoder gives the reference's Ŝ
     name, last = out["attr"][-1]
     assert (ref.target == last).float().mean() >= 0.9999, name
+
+
+def test_step_with_the_reference_switches_equals_the_reference(parity):
+    """s2c with ssc.absent_prototypes, cpm.sam_resize, cpm.peak_rule and cpm.confidence_source set to
+    the reference's words, on the as-is batch (no substitution): the reference's step to rounding."""
+    rp, out = parity
+    ref, ours = out["ref"], out["s2c_sw"]
+    for k in ("loss_cls", "loss_ssc", "loss_cpm"):
+        assert rp.rel(getattr(ref, k), getattr(ours, k)) < rp.ROUNDING, (k, getattr(ref, k), getattr(ours, k))
+    assert torch.equal(ref.target, ours.target), f"{int((ref.target != ours.target).sum())} px of Ŝ differ"
+    worst, name = rp.grad_diffs(ref.grads, ours.grads)[0]
+    assert worst < rp.ROUNDING, (name, worst)
+    assert rp.switched(ref, ours)

@@ -184,6 +184,8 @@ def test_gpu_requests_reach_sbatch_as_gpus(runs):
     seen = {}
     for line in lines:
         argv = shlex.split(line)
+        # one whole sbatch call per line (the wrapper writes under a lock)
+        assert argv[:1] == ["sbatch"] and argv.count("sbatch") == 1 and "--comment" in argv, line
         rule = rule_of(argv[argv.index("--comment") + 1])
         seen.setdefault(rule, []).append(argv)
     assert GPU_RULES <= set(seen), sorted(seen)

@@ -333,6 +333,16 @@ def normalize(img: np.ndarray) -> torch.Tensor:
     return (t - mean) / std
 
 
+def denormalize_255(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize` times 255 as float (B, 3, h, w), unrounded, by the authors'
+    arithmetic (``tools/imutils.py`` ``denorm``: torchvision's Normalize with mean −m/s and std 1/s,
+    then × 255), so that a crop gives the same float bits as there: ``cam.cpm.sam_resize: reference``
+    truncates these values to uint8, where one ulp can change the byte."""
+    mean = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=t.device).view(3, 1, 1)
+    std = torch.tensor([1 / s for s in IMAGENET_STD], device=t.device).view(3, 1, 1)
+    return (t.detach().float() - mean) / std * 255
+
+
 def denormalize(t: torch.Tensor) -> np.ndarray:
     """Inverse of :func:`normalize`: float (3, h, w) or (B, 3, h, w) → uint8 (h, w, 3) / (B, h, w, 3)."""
     mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(3, 1, 1)

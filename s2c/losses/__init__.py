@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpm import (cpm_loss, cpm_pseudo_label, find_peaks, multiscale_prompt_cams, normalize_cams,
-                  sam_alpha)
+from .cpm import (cpm_loss, cpm_pseudo_label, find_peaks, find_peaks_reference, multiscale_prompt_cams,
+                  normalize_cams, sam_alpha)
 from .oracle import oracle_prompts
 from .ssc import reindex_segments, ssc_loss
 
@@ -17,5 +17,5 @@ def cls_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["cls_loss", "ssc_loss", "reindex_segments", "normalize_cams", "multiscale_prompt_cams",
-           "find_peaks", "sam_alpha", "cpm_pseudo_label", "cpm_loss",
+           "find_peaks", "find_peaks_reference", "sam_alpha", "cpm_pseudo_label", "cpm_loss",
            "oracle_prompts"]

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from segment_anything.utils.amg import calculate_stability_score
 from torchvision.ops import batched_nms
 
@@ -19,6 +20,10 @@ ALPHA_SAM = ("logits", "sigmoid", "stability")
 CONFIDENCE = ("both", "sam", "cam", "none")
 BACKGROUND = ("uncovered", "tau")
 LOSS_MODES = ("ce", "l1")
+#: ``cam.cpm.peak_rule``: :func:`find_peaks` (s2c) or :func:`find_peaks_reference` (the authors' code).
+PEAK_RULES = ("s2c", "reference")
+#: ``cam.cpm.confidence_source``: the SAM logits α_sam comes from (see :func:`cpm_pseudo_label`).
+CONFIDENCE_SOURCES = ("postprocessed", "lowres")
 
 
 def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -97,6 +102,7 @@ def find_peaks(cam: torch.Tensor, labels: torch.Tensor, min_distance: int = 20, 
     top-left pixel of the 3×3 plateau of the max-filtered CAM (usually 1 px up and left) and tests
     ``threshold`` at that pixel; and ``peaks_valid[1:]`` there drops the strongest local peak even
     when the global max is not one of them (e.g. it lies within ``min_distance`` of the border).
+    :func:`find_peaks_reference` (``cam.cpm.peak_rule: reference``) is the reference's rule as is.
 
     Args:
         cam: (B, C, H, W) prompting CAM, max-normalised to [0, 1].
@@ -148,6 +154,48 @@ def find_peaks(cam: torch.Tensor, labels: torch.Tensor, min_distance: int = 20, 
     return out
 
 
+def find_peaks_reference(cam: torch.Tensor, labels: torch.Tensor, min_distance: int = 20, threshold: float = 0.5,
+                         single_peak: bool = False, valid: torch.Tensor | None = None,
+                         exclude_border: bool = True) -> list[list[tuple[int, torch.Tensor]]]:
+    """Prompt points per present class by the authors' rule, quirks included (``cam.cpm.peak_rule:
+    reference``); same arguments and output as :func:`find_peaks`.
+
+    ``models/model_s2c.py`` ``update()`` per class: the global argmax (first in raster order); then
+    ``peak_local_max(maximum_filter(cam, 3, mode="constant"), min_distance)``, whose candidates
+    are pixels equal to the (2·min_distance + 1)² maximum of the max-filtered map — a 3×3 plateau
+    there, of which the first in raster order (the top-left pixel) survives the spacing — in
+    decreasing order; those whose unfiltered CAM is > ``threshold`` are kept, and the first of
+    them is dropped
+    (``peaks_valid[1:]``: meant to be the global max, even when that lies within ``min_distance``
+    of the border, where peak_local_max never returns it). Run with scikit-image's own
+    ``peak_local_max`` and scipy's ``maximum_filter``, one (image, class) at a time on the CPU, as
+    the reference does. ``valid`` zeroes the CAM outside the image first and keeps the global max
+    inside it (the reference's crops have no padding).
+    """
+    from skimage.feature import peak_local_max  # imported here: only this rule needs scikit-image
+
+    B, C, H, W = cam.shape
+    sub = cam.detach().float()
+    out: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(B)]
+    for b, c in (labels > 0.5).nonzero().tolist():
+        a = sub[b, c]
+        if valid is not None:
+            a = a * valid[b].to(a.dtype)
+            g = int(torch.where(valid[b], a, -1.0).flatten().argmax())
+        else:
+            g = int(a.flatten().argmax())
+        rows = [(g // W, g % W)]
+        if not single_peak:
+            a_np = a.cpu().numpy()
+            filt = ndi.maximum_filter(a_np, size=3, mode="constant")
+            cand = peak_local_max(filt, min_distance=min_distance, exclude_border=bool(exclude_border))
+            cand = cand[a_np[cand[:, 0], cand[:, 1]] > threshold]
+            rows += [(int(y), int(x)) for y, x in cand[1:]]
+        yx = torch.tensor(rows, dtype=sub.dtype, device=cam.device)
+        out[b].append((c, yx.flip(-1) + 0.5))  # (x, y) pixel centres
+    return out
+
+
 def sam_alpha(logits: torch.Tensor, kind: str = "logits", mask_threshold: float = 0.0,
               offset: float = 1.0) -> torch.Tensor:
     """Per-pixel SAM reliability α_sam from mask logits.
@@ -171,7 +219,8 @@ def sam_alpha(logits: torch.Tensor, kind: str = "logits", mask_threshold: float 
 
 def cpm_pseudo_label(cam: torch.Tensor, classes: torch.Tensor, logits: torch.Tensor,
                      valid: torch.Tensor | None = None, alpha_sam: str = "logits",
-                     confidence: str = "both", background: str = "uncovered", tau: float = 0.5) -> torch.Tensor:
+                     confidence: str = "both", background: str = "uncovered", tau: float = 0.5,
+                     alpha_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Aggregate the per-class SAM masks of one image into a pseudo-label Ŝ.
 
     Args:
@@ -183,6 +232,11 @@ def cpm_pseudo_label(cam: torch.Tensor, classes: torch.Tensor, logits: torch.Ten
             (indicator; overlaps go to the lower class index).
         background: ``uncovered`` (reference: no class mask covers the pixel) or ``tau``
             (paper eq. 11: also where max_c α^c < tau).
+        alpha_logits: (K, H, W) logits to take α_sam from instead of ``logits`` (the masks stay
+            ``logits > 0``): ``cam.cpm.confidence_source: lowres``, SAM's low-res logits resized
+            straight to the crop, as the reference. They can disagree in sign with ``logits``, so a
+            covered pixel can score < 0; such a pixel is background, as the reference's
+            ``pgt_score < 0``.
     Returns:
         (H, W) long: 0 background, c+1 class c, 255 ignore.
     """
@@ -196,7 +250,7 @@ def cpm_pseudo_label(cam: torch.Tensor, classes: torch.Tensor, logits: torch.Ten
         masks = logits > 0  # (K, H, W)
         conf = torch.ones_like(logits, dtype=torch.float32)
         if confidence in ("both", "sam"):
-            conf = conf * sam_alpha(logits.float(), alpha_sam)
+            conf = conf * sam_alpha((logits if alpha_logits is None else alpha_logits).float(), alpha_sam)
         if confidence in ("both", "cam"):
             a = cam[classes].float()
             a_cam = (a * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)  # (K,)
@@ -205,6 +259,8 @@ def cpm_pseudo_label(cam: torch.Tensor, classes: torch.Tensor, logits: torch.Ten
         best, arg = score.max(0)
         out = classes[arg] + 1
         bg = ~masks.any(0)
+        if alpha_logits is not None:
+            bg |= best < 0
         if background == "tau":
             bg |= best < tau
         out = out.masked_fill(bg, 0)

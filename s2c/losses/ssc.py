@@ -62,19 +62,24 @@ def _row_taps(wy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def ssc_loss(feats: torch.Tensor, se: torch.Tensor, temperature: float = 0.5,
-             unassigned_prototype: bool = False) -> torch.Tensor:
+             unassigned_prototype: bool = False, absent_prototypes: bool = False) -> torch.Tensor:
     """Segment-contrastive loss.
 
     Args:
         feats: (B, D, h, w) feature map F (or the CAMs for the "logit level" ablation); gradients
             flow through the pixel features only — prototypes are detached (reference).
         se: (B, H, W) integer SE map at crop size; 0 = unassigned or crop padding, 1..N = segment
-            ids (ids need not be contiguous; empty ids are ignored — the reference's scatter_mean
-            instead makes every id up to the batch's largest a prototype; one absent from an image
-            is a zero vector there, cosine 0, adding exp(0) = 1 to each of its anchors' softmax).
+            ids (ids need not be contiguous; empty ids are ignored unless ``absent_prototypes`` —
+            the reference's scatter_mean makes every id up to the batch's largest a prototype; one
+            absent from an image is a zero vector there, cosine 0, adding exp(0) = 1 to each of its
+            anchors' softmax).
         temperature: divisor of the cosine similarities (paper 0.5; the reference code ≡ 1).
         unassigned_prototype: reference-code quirk — also use the mean feature of the unassigned
             pixels as a negative prototype. Unassigned pixels are never anchors either way.
+        absent_prototypes: reference-code quirk — every id from 1 (0 too with
+            ``unassigned_prototype``) to the largest id of the whole batch is a prototype; one absent
+            from an image is a zero vector (logit 0), as the reference's ``scatter_mean`` makes it.
+            Off, absent ids are left out of the softmax.
 
     Returns:
         scalar loss: mean cross-entropy over all anchor pixels of the batch (0 with a graph when
@@ -115,10 +120,14 @@ def ssc_loss(feats: torch.Tensor, se: torch.Tensor, temperature: float = 0.5,
         proto = F.normalize(torch.einsum("bkij,bdij->bdk", down, f), dim=1)  # (B, D, K)
         count = torch.zeros(B, K, device=f.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
         exists = count > 0
+        if absent_prototypes:
+            # an id missing from an image is a prototype all the same: its prototype above is a zero
+            # vector (no pixels, F.normalize of 0), so its logit is 0, exp(0) = 1 in every denominator
+            exists = torch.ones_like(exists)
         if not unassigned_prototype:
             exists[:, 0] = False
 
-        # absent prototypes: zero vectors, so their logit below is exactly _ABSENT
+        # left-out prototypes: zero vectors, so their logit below is exactly _ABSENT
         proto = proto * exists[:, None].to(f.dtype)
 
     num = torch.einsum("bdk,bdij->bkij", proto, f)  # (B, K, h, w)

@@ -34,6 +34,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .decoder import predict_masks
 
 MultimaskIndex = int | str  # 0, 1, 2, "best" or "all"
+#: ``cam.cpm.sam_resize`` (online mode): SAM's own ResizeLongestSide of the uint8 crop, or the
+#: authors' squash of the float crop to img_size² (:func:`squash_sam_input`).
+SAM_RESIZE = ("sam", "reference")
 
 
 def sam_input_size(orig_size: Sequence[int], img_size: int = 1024) -> tuple[int, int]:
@@ -73,6 +76,34 @@ def encode_images(
     with torch.autocast(device_type=sam.device.type, dtype=amp_dtype or torch.float32, enabled=enabled):
         emb = sam.image_encoder(batch)
     return emb.float()
+
+
+def squash_sam_input(images: torch.Tensor, img_size: int = 1024) -> torch.Tensor:
+    """The authors' SAM input (``update()``): float RGB (B, 3, h, w) in [0, 255] resized to
+    (img_size, img_size) — aspect ratio not kept, bilinear, ``align_corners=True`` — and truncated
+    to uint8 (B, 3, img_size, img_size), where SamPredictor rounds to uint8 first and resizes the
+    longest side with PIL (antialiased)."""
+    x = F.interpolate(images.float(), (img_size, img_size), mode="bilinear", align_corners=True)
+    # truncation toward zero, as the reference's .to(torch.uint8); the clamp changes nothing in
+    # [-1, 256) and only fixes what C's float-to-uint8 cast leaves undefined outside it
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def encode_squashed(sam: Sam, images: torch.Tensor) -> torch.Tensor:
+    """Embeddings (B, 256, 64, 64) float32 of :func:`squash_sam_input` of ``images`` (float RGB
+    (B, 3, h, w) in [0, 255]): the whole batch in one encoder call, as the reference. Its SAM input
+    size is (img_size, img_size) whatever (h, w); :func:`squashed_points` maps prompts into it."""
+    x = squash_sam_input(images.to(sam.device), sam.image_encoder.img_size)
+    return sam.image_encoder(sam.preprocess(x.float())).float()
+
+
+def squashed_points(points: np.ndarray, crop_size: Sequence[int], img_size: int = 1024) -> np.ndarray:
+    """(K, 2) (x, y) pixel indices in an (h, w) crop → the squashed img_size² frame, scaled so that
+    :func:`decode_prompts` with ``orig_size = input_size = (img_size, img_size)`` takes them as is
+    (the reference: index × img_size / h, one factor per axis)."""
+    h, w = int(crop_size[0]), int(crop_size[1])
+    return np.asarray(points, dtype=np.float32) * np.array([img_size / w, img_size / h], dtype=np.float32)
 
 
 @torch.no_grad()
@@ -198,6 +229,24 @@ def decode_prompts(
     if return_lowres:
         return low, iou
     return lowres_to_size(low, input_size, orig_size, sam.image_encoder.img_size), iou
+
+
+def lowres_straight(low_res: torch.Tensor, input_size: Sequence[int], out_size: Sequence[int],
+                    img_size: int = 1024) -> torch.Tensor:
+    """SAM low-res logits (..., 256, 256) → (..., *out_size) in ONE bilinear resize, as the authors
+    take α_sam (``update()``: the low-res logits interpolated straight to the crop), where
+    :func:`lowres_to_size` (SAM's postprocessing) goes up to the img_size frame and back down.
+
+    The low-res frame spans the padded img_size² frame, of which ``input_size`` is the image: it
+    is resized to that frame at ``out_size``'s scale, then cropped; with ``input_size`` =
+    (img_size, img_size) that is a plain resize to ``out_size``.
+    """
+    lead = low_res.shape[:-2]
+    oh, ow = int(out_size[0]), int(out_size[1])
+    full = (round(img_size * oh / int(input_size[0])), round(img_size * ow / int(input_size[1])))
+    x = F.interpolate(low_res.reshape(-1, 1, *low_res.shape[-2:]).float(), full, mode="bilinear",
+                      align_corners=False)[..., :oh, :ow]
+    return x.reshape(*lead, oh, ow)
 
 
 def lowres_to_size(

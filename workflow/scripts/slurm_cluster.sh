@@ -181,10 +181,12 @@ for _ in $(seq 150); do
 done
 case "$state" in idle|mix|alloc) ;; *) echo "node s2cnode did not come up (state '$state')" >&2; false ;; esac
 
-# sbatch that records its command line, then runs the real one
+# sbatch that records its command line, then runs the real one. The executor submits jobs
+# concurrently: the line is written under a lock, or two calls' words and newlines interleave
 cat > "$DIR/bin/sbatch" <<EOF
 #!/usr/bin/env bash
-{ printf '%q ' sbatch "\$@"; echo; } >> "$DIR/sbatch.log"
+line=\$(printf '%q ' sbatch "\$@")
+flock "$DIR/sbatch.log" bash -c 'printf "%s\\n" "\$1" >> "\$2"' _ "\$line" "$DIR/sbatch.log"
 exec $(command -v sbatch) "\$@"
 EOF
 # srun that finds this cluster's config: the executor's job step (snakemake-executor-plugin-slurm-
