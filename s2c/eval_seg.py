@@ -6,6 +6,11 @@ denseCRF (:mod:`s2c.refine.crf`), writes one palette PNG ``<id>.png`` per image 
 (the whole directory appears atomically) and ``--out-json`` = ``{"miou": %, "iou": {class: %},
 "n_images": N, ...}`` from one confusion matrix over the split (:mod:`s2c.metrics`).
 
+A split without GT (VOC ``test``) is predicted, not scored (``miou`` null, ``"scored": false``).
+``--submission out.tar.gz`` packs the palette PNGs in the layout an evaluation server takes: VOC
+``results/VOC2012/Segmentation/comp6_<split>_cls/<id>.png`` (the PASCAL server's competition 6,
+outside data allowed: the ImageNet-pretrained backbone), COCO ``<split>/<id>.png`` label PNGs.
+
 Usage::
 
     python -m s2c.eval_seg --model out/seg/model.pt --data-cfg '{"root": "data/voc"}' --split val \
@@ -15,12 +20,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import tarfile
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -31,59 +37,14 @@ from .cli import parse_json_arg
 from .data import open_dataset
 from .data.seg_train import normalize_image
 from .errors import S2CError, cli_main
+from .inference import load_seg_model, predict_probs
 from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
-from .models import build_deeplab
 from .refine.crf import dense_crf, require_densecrf
 from .sections import EVAL_SEG_DEFAULTS as DEFAULTS
-from .sections import resolve_eval_seg, resolve_seg
+from .sections import resolve_eval_seg
 
 __all__ = ["DEFAULTS", "CRF_DEFAULTS", "predict_probs", "load_seg_model", "save_palette_png", "eval_seg", "main"]
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, image: torch.Tensor, scales: Sequence[float] = (1.0,),
-                  flip: bool = False) -> torch.Tensor:
-    """Test-time-augmented class probabilities.
-
-    image: normalised float (3,H,W) on the model's device. Returns float32 (K,H,W): the mean over
-    scales (× flips) of softmax(model(resized image)) bilinearly resized back to (H,W).
-    """
-    if not scales:
-        raise S2CError("eval_seg: config key 'scales' must list at least one scale")
-    H, W = image.shape[-2:]
-    acc = None
-    for s in scales:
-        x = image[None]
-        if s != 1.0:
-            x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
-                              align_corners=False)
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
-        p = model(x).float().softmax(1)
-        if flip:
-            p = p[:1] + p[1:].flip(-1)
-        p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)[0]
-        acc = p if acc is None else acc + p
-    return acc / (len(scales) * (2 if flip else 1))
-
-
-def load_seg_model(model_path: str | Path, weights_dir: str | Path | None = None,
-                   device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(DeepLab in eval mode on ``device``, the model.pt dict without its weights)."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise S2CError(f"segmentation model not found: {model_path} (run train_seg first)")
-    try:
-        ck = torch.load(model_path, map_location="cpu", weights_only=False)
-        sd, cfg, K = ck["model"], ck["seg_cfg"], int(ck["num_classes"])
-    except Exception as e:
-        raise S2CError(f"cannot read segmentation model {model_path} ({e.__class__.__name__}: {e}); "
-                       "re-run train_seg to rewrite it") from None
-    # The trained weights replace everything, so never fetch ImageNet weights here.
-    model = build_deeplab({**resolve_seg(cfg), "pretrained": False}, K, weights_dir)
-    model.load_state_dict(sd)
-    return model.to(device).eval(), {k: v for k, v in ck.items() if k != "model"}
 
 
 class _EvalImages(Dataset):
@@ -131,8 +92,9 @@ def save_palette_png(path: Path, label: np.ndarray) -> None:
 
 def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str | Path,
              out_dir: str | Path | None = None, cfg: dict | None = None, device: str = "auto",
-             weights_dir: str | Path | None = None) -> dict:
+             weights_dir: str | Path | None = None, submission: str | Path | None = None) -> dict:
     """Predict ``split`` with the model and score it; returns the metrics dict written to out_json.
+    With ``submission`` (a ``.tar.gz`` path) the predictions are also packed in the server layout.
 
     Images without GT (e.g. a test split) are predicted and saved but not scored; ``n_images`` counts
     the scored ones and ``miou`` is null when none has GT.
@@ -169,15 +131,35 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
                 cm += confusion_matrix(pred, gt, K)
                 n_scored += 1
 
-    if out_dir is None:
+    if out_dir is None and submission is None:
         run(None)
+    elif out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(Path(tmp))
+            pack_submission(Path(tmp), ds.ids, data_cfg.get("kind", "voc"), split, submission)
     else:
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             run(tmp)
+            if submission is not None:
+                pack_submission(tmp, ds.ids, data_cfg.get("kind", "voc"), split, submission)
     return write_metrics(out_json, cm, with_background(ds.class_names), n_images=n_scored,
                          n_predicted=len(ds.ids), split=split, scales=scales, flip=bool(cfg["flip"]),
-                         crf=cfg["crf"] not in (False, None))
+                         crf=cfg["crf"] not in (False, None), scored=n_scored > 0)
+
+
+def submission_dir(kind: str, split: str) -> str:
+    """The folder of the predictions inside a submission archive (VOC: the PASCAL server's layout)."""
+    return f"results/VOC2012/Segmentation/comp6_{split}_cls" if kind == "voc" else split
+
+
+def pack_submission(png_dir: Path, ids, kind: str, split: str, out: str | Path) -> Path:
+    """``<png_dir>/<id>.png`` for every id → a gzipped tar at ``out`` (atomic) in the server layout."""
+    inner = submission_dir(kind, split)
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for iid in ids:
+            tar.add(png_dir / f"{iid}.png", arcname=f"{inner}/{iid}.png")
+    return Path(out)
 
 
 @cli_main
@@ -191,10 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", default="{}", help="eval config (JSON); defaults in s2c.sections.EVAL_SEG_DEFAULTS")
     p.add_argument("--weights-dir", type=Path, default=None, help="where backbone weights are cached")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--submission", type=Path, default=None,
+                   help="also pack the predictions as a .tar.gz in the evaluation server's layout")
     a = p.parse_args(argv)
     m = eval_seg(a.model, parse_json_arg(a.data_cfg, "--data-cfg"), a.split, a.out_json, a.out_dir,
-                 parse_json_arg(a.cfg, "--cfg"), a.device, a.weights_dir)
-    print(f"eval_seg: {a.split} mIoU {m['miou']} over {m['n_images']} images → {a.out_json}")
+                 parse_json_arg(a.cfg, "--cfg"), a.device, a.weights_dir, a.submission)
+    if m["scored"]:
+        print(f"eval_seg: {a.split} mIoU {m['miou']} over {m['n_images']} images → {a.out_json}")
+    else:
+        print(f"eval_seg: {a.split} has no GT: {m['n_predicted']} images predicted, no metric"
+              + (f"; server archive {a.submission}" if a.submission else ""))
     return 0
 
 

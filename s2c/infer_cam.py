@@ -19,78 +19,23 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .cam_store import STORE_VERSION, CAMStore, write_cam_store
 from .cli import parse_json_arg
 from .data import open_dataset
-from .data.transforms import TrainAugment, normalize
+from .data.transforms import TrainAugment
 from .errors import S2CError, cli_main
+from .inference import load_classifier, multiscale_cams
 from .io import sha256_file
-from .models import build_classifier, read_cam_checkpoint
 from .sections import INFER_CAM_DEFAULTS as DEFAULTS
 from .sections import resolve_infer_cam
 from .train_utils import select_device
 
 __all__ = ["DEFAULTS", "STORE_VERSION", "CAMStore", "write_cam_store", "load_classifier", "multiscale_cams",
            "infer_cams", "main"]
-
-
-# ----------------------------------------------------------------------------- model
-def load_classifier(path: str | Path, weights_dir: str | Path | None = None,
-                    device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a trained CAM classifier saved as {"model", "cam_cfg", "num_classes", "class_set"}.
-
-    Returns (model in eval mode on ``device``, the file's metadata without the state dict).
-    """
-    ckpt = read_cam_checkpoint(path)
-    # pretrained weights are overwritten by the state dict: never download/read them here
-    cam_cfg = dict(ckpt["cam_cfg"], pretrained=False)
-    with warnings.catch_warnings():
-        # the builder warns about frozen BN without pretrained weights; here the trained state
-        # dict (BN statistics included) replaces everything right away
-        warnings.filterwarnings("ignore", message=".*freeze_bn.*", category=UserWarning)
-        model = build_classifier(cam_cfg, int(ckpt["num_classes"]), weights_dir)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise S2CError(f"model file {path} does not match its cam_cfg ({str(e).splitlines()[0]})") from None
-    meta = {k: v for k, v in ckpt.items() if k != "model"}
-    return model.to(device).eval(), meta
-
-
-@torch.no_grad()
-def multiscale_cams(model: torch.nn.Module, image: np.ndarray, classes: Sequence[int],
-                    scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0), flip: bool = True,
-                    device: torch.device | str = "cpu") -> np.ndarray:
-    """Multi-scale (× flip) CAMs of ``classes`` for one image.
-
-    image: uint8 (H, W, 3) RGB. classes: K foreground indices. Returns float32 (K, H, W): the sum
-    over scales/flips of ReLU CAMs bilinearly resized to (H, W), each class divided by its max
-    (+1e-5, as in the reference code, so an all-zero CAM stays 0).
-    """
-    H, W = image.shape[:2]
-    classes = torch.as_tensor(list(classes), dtype=torch.long)
-    if classes.numel() == 0:
-        return np.zeros((0, H, W), np.float32)
-    x = normalize(image).unsqueeze(0).to(device)
-    acc = torch.zeros((classes.numel(), H, W), device=device)
-    for s in scales:
-        size = (max(1, round(H * s)), max(1, round(W * s)))
-        xs = x if size == (H, W) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            xs = torch.cat([xs, xs.flip(-1)], 0)
-        cams = F.relu(model(xs)["cams"][:, classes.to(device)])
-        if flip:
-            cams = cams[:1] + cams[1:].flip(-1)
-        acc += F.interpolate(cams, size=(H, W), mode="bilinear", align_corners=False)[0]
-    acc /= acc.flatten(1).amax(1)[:, None, None] + 1e-5
-    return acc.float().cpu().numpy()
 
 
 def infer_cams(model_path: str | Path, data_cfg: dict, split: str, out: str | Path,

@@ -5,7 +5,8 @@ Reads the images of a split and ``<labels>/<id>.png`` pseudo-labels (255 = ignor
 :class:`s2c.train_utils.TrainingRun`, shared with train_cam): ``last.pt`` every epoch (a killed run
 resumes there), ``losses.csv`` (a row every ``log_every`` optimizer steps: the mean loss since the
 previous row; ``step`` = steps completed) + ``losses.png`` and, written last and atomically,
-``model.pt`` = ``{"model": state_dict, "seg_cfg": cfg, "num_classes": K, "class_set": str}``
+``model.pt`` = ``{"model": state_dict, "seg_cfg": cfg, "num_classes": K, "class_set": str,
+"class_names": [C names], "input_norm": {"mean", "std"}}``
 (K = C + 1, background included).
 
 Config: the ``seg`` section, defaults in :data:`s2c.sections.SEG_TRAIN_DEFAULTS` (model keys in
@@ -153,8 +154,13 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
                 return None
     finally:
         run.close()
+    # what applying the model elsewhere needs (s2c.predict): the class names of its labels 1..K-1
+    # and the normalisation its backbone's weights expect (the pipeline feeds ImageNet-normalised
+    # tensors and the backbone re-maps them itself)
+    norm = getattr(tu.unwrap(model).backbone, "input_norm", None)
     return run.finish({"model": tu.unwrap(model).state_dict(), "seg_cfg": cfg, "num_classes": K,
-                       "class_set": ds.class_set})
+                       "class_set": ds.class_set, "class_names": list(ds.class_names),
+                       "input_norm": norm() if callable(norm) else None})
 
 
 @cli_main

@@ -172,6 +172,8 @@ class VOCDataset(SegDataset):
         if mp.is_file():
             counts = check_label_map(read_label_png(mp), self.num_classes, mp)
             return [c - 1 for c in range(1, self.num_classes + 1) if counts[c] > 0]
+        if not self.has_masks:
+            return None  # a split without GT (VOC test): only predicted, its labels never asked for
         raise S2CError(
             f"no image label source for id {image_id!r}: neither {xml} nor {mp} exists; "
             "provide the VOC Annotations/ XML or the label maps"
@@ -182,8 +184,12 @@ class VOCDataset(SegDataset):
 
     def labels(self, image_id: str) -> np.ndarray:
         """Image-level multi-hot label, float32 (20,), from the XML (or the mask without XML)."""
+        idx = self._label_idx[image_id]
+        if idx is None:
+            raise S2CError(f"no image label source for id {image_id!r}: neither {self._xml_path(image_id)} nor "
+                           f"{self._mask_path(image_id)} exists; image labels need the Annotations/ XML or label maps")
         out = np.zeros(self.num_classes, np.float32)
-        out[self._label_idx[image_id]] = 1.0
+        out[idx] = 1.0
         return out
 
     def load_mask(self, image_id: str) -> np.ndarray | None:
