@@ -61,7 +61,9 @@ rule eval_seg:
         data=DATA_CFG,
         cfg=as_json(config["eval_seg"]),
         split=SPLITS["val"],
+        submission=[],  # the server archive's flag (splits.test: eval_seg_test)
     shell:
         "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
-        " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
+        " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q}"
+        " {params.submission:q} > {log:q} 2>&1"

@@ -1,0 +1,72 @@
+# Another code's CAMs or pseudo-labels (the `external` and `table5.sources` sections, formats in
+# s2c.cam_import): imported into the CAM store / pseudo-label folder that train_cam + infer_cam
+# (or everything before train_seg) would write, so no CAM training or SAM prompting job is scheduled.
+rule import_cams:
+    input:
+        images=split_list(SPLITS["train"]),
+        source=lambda wc: T5_SOURCES[wc.source]["cams"],
+    output:
+        f"{T5_DIR}/{{source}}/cams/{SPLITS['train']}.h5",
+    log:
+        f"{T5_DIR}/{{source}}/logs/import_cams.log",
+    benchmark:
+        f"{T5_DIR}/{{source}}/benchmarks/import_cams.tsv"
+    wildcard_constraints:
+        source=T5_EXT_RE,
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        data=DATA_CFG,
+        split=SPLITS["train"],
+        fmt=lambda wc: import_flags(T5_SOURCES[wc.source]),
+    shell:
+        "python -m s2c.import_cams cams --source {input.source:q} {params.fmt:q} --data-cfg {params.data:q}"
+        " --split {params.split:q} --out {output:q} --no-progress > {log:q} 2>&1"
+
+
+if EXTERNAL["cams"]:
+
+    use rule import_cams as import_run_cams with:
+        input:
+            images=split_list(SPLITS["train"]),
+            source=EXTERNAL["cams"],
+        output:
+            f"{RESULTS}/cams/{SPLITS['train']}.h5",
+        log:
+            f"{RESULTS}/logs/import_cams.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/import_cams.tsv"
+        params:
+            fmt=import_flags(EXTERNAL),
+
+    ruleorder: import_run_cams > infer_cam
+
+
+if EXTERNAL["pseudo"]:
+
+    rule import_pseudo:
+        input:
+            images=split_list(SPLITS["train"]),
+            source=EXTERNAL["pseudo"],
+        output:
+            directory(f"{RESULTS}/pseudo/{SPLITS['train']}"),
+        log:
+            f"{RESULTS}/logs/import_pseudo.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/import_pseudo.tsv"
+        conda:
+            "../../environment.yml"
+        resources:
+            mem_mb=2000,
+            runtime=60,
+        params:
+            data=DATA_CFG,
+            split=SPLITS["train"],
+        shell:
+            "python -m s2c.import_cams pseudo --source {input.source:q} --data-cfg {params.data:q}"
+            " --split {params.split:q} --out {output:q} --no-progress > {log:q} 2>&1"
+
+    ruleorder: import_pseudo > pseudo_labels
