@@ -116,6 +116,8 @@ def shell_run(tmp_path_factory):
     cfg["data"]["coco_splits"] = {"train": {"images": payload("coco-images"), "annotations": payload("coco-ann")}}
     for key in ("sam.checkpoint", "cam.pretrained", "seg.pretrained"):  # files the DAG build checks
         (work / payload(key)).write_bytes(b"fake weights")
+    for key in ("external.cams", "external.pseudo"):  # folders the DAG build checks
+        (work / payload(key)).mkdir()
     cfgfile = work / "cfg.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
     # every target the workflow defines that the demo config can build: the default DAG (`all`)

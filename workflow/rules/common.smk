@@ -123,7 +123,7 @@ def final_figures():
         f"{RESULTS}/figures/cams_{SPLITS['cam_eval']}.png",
         f"{RESULTS}/figures/pseudo_panels.png",
         f"{RESULTS}/figures/seg_panels.png",
-    ][1 if config["external"]["pseudo"] else 0 :]  # imported pseudo-labels: no CAMs to show
+    ][1 if config["external"]["pseudo"] and not config["external"]["cams"] else 0 :]  # no CAMs to show
 
 
 def final_metrics():
@@ -131,7 +131,7 @@ def final_metrics():
         f"{RESULTS}/metrics/cam_train.json",
         f"{RESULTS}/metrics/pseudo_train.json",
         f"{RESULTS}/metrics/seg_val.json",
-    ][1 if config["external"]["pseudo"] else 0 :]  # imported pseudo-labels: no CAMs to score
+    ][1 if config["external"]["pseudo"] and not config["external"]["cams"] else 0 :]  # no CAMs to score
 
 
 def cache_manifest(kind, split=None):

@@ -16,8 +16,6 @@ for _key, _folder in [("external.cams", EXTERNAL["cams"]), ("external.pseudo", E
             f"config error: {_key} {_folder!r} is not a folder; point it at the folder of per-image files "
             "(s2c.cam_import documents the formats)"
         )
-if EXTERNAL["cams"] and EXTERNAL["pseudo"]:
-    raise WorkflowError("config error: external.cams and external.pseudo are both set; keep one (the other null)")
 
 
 def import_flags(src):
