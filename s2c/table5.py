@@ -47,7 +47,7 @@ def table5_rows(rows: dict) -> tuple[list[str], list[dict]]:
     cols += ["seg_miou"] if has_seg else []
     cols += [f"paper_{k}" for k in PAPER_KEYS]
     out = []
-    for name, spec in rows.items():
+    for name, spec in sorted(rows.items(), key=lambda kv: kv[0] != "main"):  # the run's own row first
         cam = read_metrics(spec["cam"]) if spec.get("cam") else {}
         line = {"source": name, "cams": spec.get("source", ""), "cam_miou": _fmt(cam.get("miou")),
                 "threshold": "" if cam.get("threshold") is None else f"{cam['threshold']:g}"}

@@ -51,7 +51,8 @@ def full_run(voc, tmp_path_factory):
 def test_full_run_writes_model_log_and_checkpoint(full_run, voc):
     out, losses = full_run
     ck = torch.load(out / "model.pt", weights_only=False)
-    assert set(ck) == {"model", "seg_cfg", "num_classes", "class_set"}
+    assert set(ck) == {"model", "seg_cfg", "num_classes", "class_set", "class_names", "input_norm"}
+    assert len(ck["class_names"]) == 20 and set(ck["input_norm"]) == {"mean", "std"}
     assert ck["num_classes"] == 21 and ck["class_set"] == "voc20"
     assert ck["seg_cfg"] == resolve_cfg(TINY)
     assert any(k.endswith("weight") for k in ck["model"])

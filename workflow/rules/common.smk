@@ -118,12 +118,16 @@ def se_embed_store(wc):
     return []
 
 
+# imported pseudo-labels and no CAMs (external.pseudo alone): no CAM metrics or panels to make
+NO_CAMS = bool(config["external"]["pseudo"] and not config["external"]["cams"])
+
+
 def final_figures():
     return [
         f"{RESULTS}/figures/cams_{SPLITS['cam_eval']}.png",
         f"{RESULTS}/figures/pseudo_panels.png",
         f"{RESULTS}/figures/seg_panels.png",
-    ][1 if config["external"]["pseudo"] and not config["external"]["cams"] else 0 :]  # no CAMs to show
+    ][int(NO_CAMS) :]
 
 
 def final_metrics():
@@ -131,7 +135,7 @@ def final_metrics():
         f"{RESULTS}/metrics/cam_train.json",
         f"{RESULTS}/metrics/pseudo_train.json",
         f"{RESULTS}/metrics/seg_val.json",
-    ][1 if config["external"]["pseudo"] and not config["external"]["cams"] else 0 :]  # no CAMs to score
+    ][int(NO_CAMS) :]
 
 
 def cache_manifest(kind, split=None):
