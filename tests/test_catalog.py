@@ -120,7 +120,7 @@ def test_prepare_names_everything_missing_from_a_voc_folder(tmp_path):
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "JPEGImages").mkdir()
     (root / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n2007_000042\n")
-    (root / "JPEGImages/2007_000033.jpg").touch()
+    (root / "JPEGImages/2007_000033.jpg").write_bytes(b"x")  # present (a 0-byte file counts as missing)
     out = _prepare_cli("--data-cfg", json.dumps(_voc_cfg(root)), "--train", "train_aug", "--eval", "val",
                        "--sam-model-type", "vit_h", "--sam-checkpoint", str(tmp_path / "sam_vit_h_4b8939.pth"))
     assert out.returncode == 2, out.stdout + out.stderr
@@ -183,7 +183,7 @@ def test_eval_voc_refuses_a_coco_config(tmp_path):
     for s in ("train", "val"):  # a split the DAG-time check accepts: one image entry, its file present
         (root / f"annotations/instances_{s}.json").write_text(json.dumps(
             {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}], "annotations": [], "categories": []}))
-        (root / s / "a.jpg").touch()
+        (root / s / "a.jpg").write_bytes(b"x")
     cfg = yaml.safe_load((REPO / "config/coco_mini.yaml").read_text())
     cfg["data"]["root"] = str(root)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
