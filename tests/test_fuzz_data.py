@@ -164,9 +164,10 @@ def coco_mutation(root: Path, draw) -> Case:
     elif kind == "empty split":
         blob["images"], blob["annotations"] = [], []
         expect = "dag"
-    else:  # a polygon pycocotools cannot rasterise
-        blob["annotations"][k % len(blob["annotations"])]["segmentation"] = [[1, 2]]
-        expect = "job"
+    else:  # not COCO's shape (DAG build), or numbers pycocotools cannot read (the job reading the mask)
+        seg, expect = draw(st.sampled_from([([[1, 2]], "dag"), ([], "dag"), ({"size": [H, W]}, "dag"),
+                                            ([["a", "b", "c", "d", "e", "f"]], "job")]))
+        blob["annotations"][k % len(blob["annotations"])]["segmentation"] = seg
     ann.write_text(json.dumps(blob))
     return Case(f"{kind} {section}[{k}]", ann.name, expect)
 

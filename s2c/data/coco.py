@@ -55,13 +55,22 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_segmentation(seg) -> bool:
+    """COCO's two forms, checked in shape only (the numbers are pycocotools' to read): a non-empty
+    list of polygons of at least three points, or an RLE with ``counts`` and ``size``."""
+    if isinstance(seg, dict):
+        return "counts" in seg and "size" in seg
+    return (isinstance(seg, list) and len(seg) > 0
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg))
+
+
 def check_coco_json(blob, ann_path: Path) -> None:
     """Raise S2CError naming ``ann_path`` and the first entry the reader could not use.
 
     What the reader relies on: image entries with an integer ``id`` (unique), a relative
     ``file_name`` (unique stem: the image id) and positive ``height`` / ``width``; annotations with
     unique integer ids, an ``image_id`` some image entry has, an integer ``category_id`` some
-    category entry has and a ``segmentation``; categories with unique integer ids. Anything else
+    category entry has and a ``segmentation`` of COCO's shape; categories with unique integer ids. Anything else
     would be a KeyError deep in a job, or an annotation silently ignored.
     """
     def bad(what: str):
@@ -115,8 +124,9 @@ def check_coco_json(blob, ann_path: Path) -> None:
             bad(f"{where} has no integer 'category_id'")
         if cat_ids is not None and a["category_id"] not in cat_ids:
             bad(f"{where} has category_id {a['category_id']}, which no category entry has")
-        if not isinstance(a.get("segmentation"), (list, dict)):
-            bad(f"{where} has no 'segmentation'")
+        if not _is_segmentation(a.get("segmentation")):
+            bad(f"{where} has no 'segmentation' (polygons [[x, y, ...], ...] or an RLE {{counts, size}}), "
+                f"got {str(a.get('segmentation'))[:60]}")
         if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), bool):
             bad(f"{where} has iscrowd {a.get('iscrowd')!r} (0 or 1)")
         if "area" in a and (isinstance(a["area"], bool) or not isinstance(a["area"], (int, float))):
