@@ -47,6 +47,12 @@ def coerce_scalar(default: Any, value: Any) -> Any:
     return value
 
 
+def key_name(k: Any) -> str:
+    """A config key as a message shows it: as written, or quoted when it holds a newline or another
+    unprintable character (the message stays one line)."""
+    return k if isinstance(k, str) and k.isprintable() else repr(k)
+
+
 def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=frozenset(),
                   recurse: bool = False, opaque=frozenset()) -> dict:
     """``cfg`` over ``defaults`` (the one merge every stage uses); an unknown key raises S2CError
@@ -59,8 +65,9 @@ def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=froz
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(defaults) - set(ignore))
     if unknown:
-        raise S2CError(f"unknown config key(s) {', '.join(f'{section}.{k}' for k in unknown)}: {unknown} not in "
-                       f"the {section} section; known keys: {sorted(defaults)}")
+        names = ", ".join(f"{section}.{key_name(k)}" for k in unknown)
+        raise S2CError(f"unknown config key(s) {names}: {unknown} not in the {section} section; known keys: "
+                       f"{sorted(defaults)}")
     out = copy.deepcopy(defaults)
     for k, v in cfg.items():
         if k not in defaults:
@@ -147,7 +154,7 @@ def _coerce_by_schema(value: Any, schema: dict) -> Any:
 
 
 def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
+    return ".".join(key_name(str(p)) for p in path) or "<top level>"
 
 
 def _schema_error_line(err) -> str:
@@ -158,7 +165,7 @@ def _schema_error_line(err) -> str:
         unknown = sorted(set(inst) - set(known)) if isinstance(inst, dict) else []
         where = f"{key}." if err.absolute_path else ""
         section = f"the {key} section" if err.absolute_path else "the top level"
-        return (f"unknown config key(s) {', '.join(where + str(u) for u in unknown)} in {section}; "
+        return (f"unknown config key(s) {', '.join(where + key_name(str(u)) for u in unknown)} in {section}; "
                 f"known keys: {', '.join(known)} (a typo? see workflow/schemas/config.schema.yaml)")
     if v == "required":
         where = f"section {key}" if err.absolute_path else "top level"

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from s2c.config import SCHEMA_PATH, validate_config
+from s2c.config import SCHEMA_PATH, key_name, validate_config
 from s2c.data.transforms import AUG_DEFAULTS
 from s2c.errors import S2CError
 from s2c.models.classifier import CAM_DEFAULTS
@@ -98,6 +98,12 @@ def strict_schema() -> dict:
     return s
 
 
+def test_an_unprintable_key_keeps_the_message_on_one_line():
+    with pytest.raises(S2CError) as e:
+        resolve_sections({"cam": {"a\nb": 1}})
+    assert "\n" not in str(e.value) and "cam.'a\\nb'" in str(e.value)
+
+
 def test_every_section_key_is_in_the_schema():
     """Types and ranges of every key a resolver takes are the schema's (a key missing there takes
     any value until a job trips over it)."""
@@ -138,9 +144,9 @@ def expect_refused(cfg: dict, path, what: str):
 
 def _dotted_keys(cfg: dict, prefix=()):
     for k, v in cfg.items():
-        yield ".".join((*prefix, str(k)))
+        yield ".".join((*prefix, key_name(str(k))))
         if isinstance(v, dict):
-            yield from _dotted_keys(v, (*prefix, str(k)))
+            yield from _dotted_keys(v, (*prefix, key_name(str(k))))
 
 
 def expect_accepted_or_named(cfg: dict):
