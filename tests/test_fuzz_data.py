@@ -154,6 +154,9 @@ def coco_mutation(root: Path, draw) -> Case:
         entries[k][key] = value
         checked = COCO_REQUIRED[section] | COCO_TYPED.get(section, set())
         expect = "dag" if key in checked and not (key == "area" and value == 1.5) else "handled"
+        if key == "file_name" and isinstance(value, str):  # a well-formed name of a file that is not there
+            ann.write_text(json.dumps(blob))
+            return Case(f"{kind} {section}[{k}].file_name", value, "dag")
     elif kind == "duplicate id":
         j = draw(st.integers(0, len(entries) - 1).filter(lambda j: j != k))
         entries[k]["id"] = entries[j]["id"]
