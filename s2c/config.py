@@ -9,6 +9,7 @@ hyperparameter sections themselves (defaults, allowed values, resolvers, the DAG
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ def coerce_scalar(default: Any, value: Any) -> Any:
     return value
 
 
+def key_name(k: Any) -> str:
+    """A config key as a message shows it: as written, or quoted when it holds a newline or another
+    unprintable character (the message stays one line)."""
+    return k if isinstance(k, str) and k.isprintable() else repr(k)
+
+
 def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=frozenset(),
                   recurse: bool = False, opaque=frozenset()) -> dict:
     """``cfg`` over ``defaults`` (the one merge every stage uses); an unknown key raises S2CError
@@ -58,8 +65,9 @@ def merge_section(defaults: dict, cfg: dict | None, section: str, *, ignore=froz
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(defaults) - set(ignore))
     if unknown:
-        raise S2CError(f"unknown config key(s) {', '.join(f'{section}.{k}' for k in unknown)}: {unknown} not in "
-                       f"the {section} section; known keys: {sorted(defaults)}")
+        names = ", ".join(f"{section}.{key_name(k)}" for k in unknown)
+        raise S2CError(f"unknown config key(s) {names}: {unknown} not in the {section} section; known keys: "
+                       f"{sorted(defaults)}")
     out = copy.deepcopy(defaults)
     for k, v in cfg.items():
         if k not in defaults:
@@ -146,7 +154,7 @@ def _coerce_by_schema(value: Any, schema: dict) -> Any:
 
 
 def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
+    return ".".join(key_name(str(p)) for p in path) or "<top level>"
 
 
 def _schema_error_line(err) -> str:
@@ -157,7 +165,7 @@ def _schema_error_line(err) -> str:
         unknown = sorted(set(inst) - set(known)) if isinstance(inst, dict) else []
         where = f"{key}." if err.absolute_path else ""
         section = f"the {key} section" if err.absolute_path else "the top level"
-        return (f"unknown config key(s) {', '.join(where + str(u) for u in unknown)} in {section}; "
+        return (f"unknown config key(s) {', '.join(where + key_name(str(u)) for u in unknown)} in {section}; "
                 f"known keys: {', '.join(known)} (a typo? see workflow/schemas/config.schema.yaml)")
     if v == "required":
         where = f"section {key}" if err.absolute_path else "top level"
@@ -170,8 +178,14 @@ def _schema_error_line(err) -> str:
     if v == "pattern":
         return (f"config key {key} = {inst!r} has characters it may not hold (allowed: regex {sch['pattern']}); "
                 "rename it")
-    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
-              "minItems": "items >=", "maxItems": "items <="}
+    if v == "finite":
+        return f"config key {key} = {inst!r} must be a finite number"
+    if v == "increasing":
+        return f"config key {key} = {inst!r} must be [lo, hi] with lo <= hi"
+    if v in ("minItems", "maxItems"):
+        most = "at least" if v == "minItems" else "at most"
+        return f"config key {key} = {inst!r} must hold {most} {err.validator_value} item(s)"
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
     if v in bounds:
         return f"config key {key} = {inst!r} must be {bounds[v]} {err.validator_value}"
     msg = err.message if len(err.message) < 200 else err.message[:200] + "…"
@@ -185,7 +199,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None) 
     not the schema dump Snakemake's ``validate`` prints. Returns ``config``.
     """
     # jsonschema (+ referencing, rpds) only for the workflow's DAG build: kept out of every stage's import
-    from jsonschema import Draft202012Validator, validators
+    from jsonschema import Draft202012Validator, ValidationError, validators
 
     schema = yaml.safe_load(open(schema_path or SCHEMA_PATH))
     _coerce_by_schema(config, schema)
@@ -198,7 +212,24 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None) 
                     instance.setdefault(prop, copy.deepcopy(sub["default"]))
         yield from props_validator(validator, properties, instance, sch)
 
-    Validator = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    type_validator = Draft202012Validator.VALIDATORS["type"]
+
+    def finite_type(validator, types, instance, sch):
+        # YAML reads .nan / .inf (and float() "nan" from the command line) as numbers that pass
+        # every bound check (nan > 0 is false, so is nan <= 0)
+        errors = list(type_validator(validator, types, instance, sch))
+        yield from errors
+        if not errors and isinstance(instance, float) and not math.isfinite(instance):
+            yield ValidationError(f"{instance!r} is not a finite number", validator="finite")
+
+    def increasing(validator, value, instance, sch):
+        # JSON Schema cannot compare two items of one array: a [lo, hi] range says so with this keyword
+        if value and isinstance(instance, list) and len(instance) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in instance) and instance[0] > instance[1]:
+            yield ValidationError(f"{instance!r} is not increasing")
+
+    Validator = validators.extend(Draft202012Validator, {"properties": set_defaults, "type": finite_type,
+                                                          "increasing": increasing})
     errors = list(Validator(schema).iter_errors(config))
     if errors:
         # the shallowest error first (a wrong section type before what it would hide), then file order

@@ -23,7 +23,6 @@ import argparse
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +41,8 @@ from .io import atomic_path
 from .metrics import confusion_matrix, with_background, write_metrics
 from .refine.crf import dense_crf, require_densecrf
 from .sections import EVAL_SEG_DEFAULTS as DEFAULTS
-from .sections import resolve_eval_seg
+from .sections import EVAL_SEG_CRF_DEFAULTS as CRF_DEFAULTS
+from .sections import eval_seg_crf, resolve_eval_seg
 
 __all__ = ["DEFAULTS", "CRF_DEFAULTS", "predict_probs", "load_seg_model", "save_palette_png", "eval_seg", "main"]
 
@@ -63,24 +63,6 @@ class _EvalImages(Dataset):
 
 def _identity(x):
     return x  # keep numpy arrays and None as they are (DataLoader's default converts them)
-
-
-#: denseCRF (s2c.refine.crf.dense_crf) settings for segmentation probabilities: DeepLab's VOC
-#: values (as in kazuto1011/deeplab-pytorch), not the CAM-refinement ones.
-CRF_DEFAULTS: dict[str, float] = {"iters": 10, "gauss_sxy": 1.0, "gauss_compat": 3.0,
-                                  "bilateral_sxy": 67.0, "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
-
-
-def _crf_settings(crf_cfg: Any) -> dict | None:
-    """eval_seg ``crf`` key → CRF keyword arguments, or None when disabled."""
-    if crf_cfg is False or crf_cfg is None:
-        return None
-    if crf_cfg is True:
-        return dict(CRF_DEFAULTS)
-    if isinstance(crf_cfg, dict) and not set(crf_cfg) - set(CRF_DEFAULTS):
-        return {**CRF_DEFAULTS, **crf_cfg}
-    raise S2CError(f"eval_seg: config key 'crf' must be false, true or a dict with keys from "
-                   f"{sorted(CRF_DEFAULTS)}, got {crf_cfg!r}")
 
 
 def save_palette_png(path: Path, label: np.ndarray) -> None:
@@ -108,7 +90,7 @@ def eval_seg(model_path: str | Path, data_cfg: dict, split: str, out_json: str |
     if meta.get("class_set") != ds.class_set or K != ds.num_classes + 1:
         raise S2CError(f"model {model_path} was trained for class_set {meta.get('class_set')!r} ({K} labels) "
                        f"but data.class_set is {ds.class_set!r}; use the matching model or data config")
-    crf = _crf_settings(cfg["crf"])
+    crf = eval_seg_crf(cfg["crf"])
     if crf is not None:
         require_densecrf()  # fail before the first image when the CRF package is missing
     cm = np.zeros((K, K), np.int64)

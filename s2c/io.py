@@ -21,14 +21,26 @@ from .classes import voc_palette
 from .errors import S2CError
 
 
+#: Pillow modes of 16-bit (and 32-bit integer) grey images: ``convert("RGB")`` clips them at 255
+#: (a white image), so they are scaled to 8 bits instead.
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an RGB image. Returns uint8 array (H, W, 3). Raises S2CError naming the file."""
+    """Read an RGB image. Returns uint8 array (H, W, 3). Raises S2CError naming the file.
+
+    Grey, palette and CMYK files become RGB; 16-bit grey keeps its top 8 bits. The EXIF orientation
+    tag is ignored: label maps and COCO annotations are drawn on the stored pixel grid.
+    """
     path = Path(path)
     if not path.is_file():
         raise S2CError(f"image not found: {path} (check the dataset root and the image list)")
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in _WIDE_GREY:
+                grey = (np.asarray(im).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise S2CError(

@@ -15,17 +15,22 @@ VOC (``data.kind: voc``), under ``data.root`` (the ``VOCdevkit/VOC2012`` folder)
     id of the evaluation splits.
 COCO (``data.kind: coco``), under ``data.root``: per split the image folder and the instances json
 (``<split>/`` + ``annotations/instances_<split>.json``, the official ``<split>2017`` names, or
-``data.coco_splits``); the full check also parses the json and checks every image file is there.
+``data.coco_splits``); the json's entries (:func:`s2c.data.coco.check_coco_json`) and every image
+file they name. The quick check (the DAG build's) takes the image list from the dataset metadata
+cache (parsed once per edit of the json); the full one parses the json again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data.coco import _split_paths
+from .data.base import cache_dir_for
+from .data.coco import _split_paths, coco_image_files
 from .data.voc import read_id_list
 from .errors import S2CError, cli_main
 from .io import atomic_path
@@ -71,6 +76,28 @@ def _few(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
 
 
+def _usable_file(path: Path) -> bool:
+    """A regular file with at least one byte (one stat call; a 0-byte image is a failed copy)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
+def _missing_is_a_problem(data_cfg: dict, missing: list, listed: list) -> bool:
+    """Missing images stop the workflow unless data.skip_corrupt drops them from the split (as the
+    readers do), and then only when nothing is left."""
+    if data_cfg.get("skip_corrupt"):
+        return bool(listed) and len(missing) == len(listed)
+    return bool(missing)
+
+
+def _metadata_cache(root: Path, data_cfg: dict) -> Path | None:
+    """The dataset metadata cache (s2c.data: data.cache_dir or the user's cache folder)."""
+    return cache_dir_for(root, {"cache_dir": data_cfg.get("cache_dir")})
+
+
 def _voc_gt_dir(root: Path, data_cfg: dict) -> Path:
     if data_cfg.get("gt_dir"):
         return root / data_cfg["gt_dir"]
@@ -105,13 +132,13 @@ def check_voc(data_cfg: dict, train: list[str], evals: list[str]) -> tuple[list[
             continue
         summary[split] = {"images": len(ids)}
         if jpeg.is_dir():
-            missing = [i for i in ids if not (jpeg / f"{i}.jpg").is_file()]
-            if missing:
+            missing = [i for i in ids if not _usable_file(jpeg / f"{i}.jpg")]
+            if _missing_is_a_problem(data_cfg, missing, ids):
                 problems.append(Problem(
                     f"{len(missing)} of {len(ids)} images of split {split!r}: {_few(missing)}",
                     str(jpeg),
-                    f"they come with {VOC_URL} (SBD-only ids too: all train_aug images are VOC2012 images); "
-                    "or set data.skip_corrupt: true to drop them",
+                    f"they come with {VOC_URL} (SBD-only ids too: all train_aug images are VOC2012 images; "
+                    "a 0-byte file counts as missing); or set data.skip_corrupt: true to drop them",
                 ))
         has_mask = [(gt_dir / f"{i}.png").is_file() for i in ids] if gt_dir.is_dir() else [False] * len(ids)
         summary[split]["label_maps"] = sum(has_mask)
@@ -153,20 +180,22 @@ def check_coco(data_cfg: dict, splits: list[str], quick: bool) -> tuple[list[Pro
         if not ann.is_file():
             problems.append(Problem(f"instances json of split {split!r}", str(ann), COCO_HOW))
             continue
-        if quick or not img_dir.is_dir():
+        if not img_dir.is_dir():
             continue
         try:
-            images = json.loads(ann.read_text())["images"]
-            names = [im["file_name"] for im in images]
-        except (ValueError, KeyError, TypeError) as e:
+            files = coco_image_files(img_dir, ann, _metadata_cache(root, data_cfg) if quick else None)
+        except S2CError as e:
             problems.append(Problem(f"a valid instances json for split {split!r}", str(ann),
-                                    f"it does not parse as COCO ({e.__class__.__name__}: {e}); re-download it: {COCO_HOW}"))
+                                    f"it does not parse as COCO ({e}): {COCO_HOW}"))
             continue
-        missing = [n for n in names if not (img_dir / Path(n).name).is_file()]
-        summary[split] = {"images": len(names)}
-        if missing:
-            problems.append(Problem(f"{len(missing)} of {len(names)} images of split {split!r}: {_few(missing)}",
-                                    str(img_dir), f"{COCO_HOW}; or set data.skip_corrupt: true to drop them"))
+        summary[split] = {"images": len(files)}
+        if not files:
+            problems.append(Problem(f"images in split {split!r} (its json lists none)", str(ann), COCO_HOW))
+        missing = [f.name for f in files if not _usable_file(f)]
+        if _missing_is_a_problem(data_cfg, missing, files):
+            problems.append(Problem(f"{len(missing)} of {len(files)} images of split {split!r}: {_few(missing)}",
+                                    str(img_dir), f"{COCO_HOW} (a 0-byte file counts as missing); or set "
+                                    "data.skip_corrupt: true to drop them"))
     return problems, summary
 
 
@@ -241,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sam-model-type", default=None)
     ap.add_argument("--sam-checkpoint", default=None)
     ap.add_argument("--pretrained", nargs="*", default=[], help="user-supplied backbone weight files")
-    ap.add_argument("--quick", action="store_true", help="COCO: do not parse the json files")
+    ap.add_argument("--quick", action="store_true", help="COCO: take the image lists from the metadata cache")
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here (only when ok)")
     a = ap.parse_args(argv)
     report = check_layout(json.loads(a.data_cfg), a.train, a.eval, quick=a.quick,

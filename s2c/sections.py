@@ -141,6 +141,13 @@ CAM_CHOICES: dict[tuple[str, ...], tuple] = {
 }
 
 
+def overlay_cam(base: dict, over: dict) -> dict:
+    """``over`` on the cam section ``base``: sub-sections (cpm, ssc, diagnostics) key by key,
+    ``augment`` replaced whole (as :func:`resolve_cam` merges it)."""
+    deep = lambda k, v: isinstance(v, dict) and isinstance(base.get(k), dict) and k != "augment"  # noqa: E731
+    return {**base, **{k: ({**base[k], **v} if deep(k, v) else v) for k, v in over.items()}}
+
+
 def check_augment(cam_cfg: dict) -> dict:
     """``cam.augment`` (passed whole to :class:`s2c.data.transforms.TrainAugment`) checked: unknown
     keys and bad values name ``cam.augment.<key>``. Returns the merged augmentation settings."""
@@ -251,11 +258,11 @@ def resolve_pseudo(cfg: dict | None) -> dict:
     cfg = dict(cfg or {})
     subs = ("crf", "sam")
     out = merge_section({k: v for k, v in PSEUDO_DEFAULTS.items() if k not in subs},
-                        {k: v for k, v in cfg.items() if k not in subs}, "pseudo_labels", ignore=subs)
-    out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo_labels.crf")
-    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo_labels.sam")
+                        {k: v for k, v in cfg.items() if k not in subs}, "pseudo", ignore=subs)
+    out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo.crf")
+    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo.sam")
     if out["refine"] not in REFINEMENTS:
-        raise S2CError(f"pseudo_labels.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
+        raise S2CError(f"pseudo.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
     return out
 
 
@@ -305,7 +312,7 @@ def resolve_seg(cfg: dict | None) -> dict:
 EVAL_SEG_DEFAULTS: dict[str, Any] = {
     "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
     "flip": False,       # also average the horizontally flipped image
-    "crf": False,        # denseCRF post-processing: false, true (s2c.eval_seg.CRF_DEFAULTS) or a dict overriding some
+    "crf": False,        # denseCRF post-processing: false, true (EVAL_SEG_CRF_DEFAULTS) or a dict overriding some
     "num_workers": 2,    # image-reading workers
     "amp": False,        # fp16 autocast (CUDA only). Measured on an H100: with EfficientNet-Lite0 every new
                          # input shape first costs ~1 s (fp16 depthwise-conv kernel setup), so with
@@ -313,8 +320,28 @@ EVAL_SEG_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: denseCRF (s2c.refine.crf.dense_crf) settings for segmentation probabilities: DeepLab's VOC
+#: values (as in kazuto1011/deeplab-pytorch), not the CAM-refinement ones.
+EVAL_SEG_CRF_DEFAULTS: dict[str, float] = {"iters": 10, "gauss_sxy": 1.0, "gauss_compat": 3.0,
+                                           "bilateral_sxy": 67.0, "bilateral_srgb": 3.0, "bilateral_compat": 4.0}
+
+
+def eval_seg_crf(crf_cfg: Any) -> dict | None:
+    """eval_seg ``crf`` key → CRF keyword arguments, or None when disabled."""
+    if crf_cfg is False or crf_cfg is None:
+        return None
+    if crf_cfg is True:
+        return dict(EVAL_SEG_CRF_DEFAULTS)
+    if isinstance(crf_cfg, dict):
+        return merge_section(EVAL_SEG_CRF_DEFAULTS, crf_cfg, "eval_seg.crf")
+    raise S2CError(f"config key eval_seg.crf must be false, true or a mapping with keys from "
+                   f"{sorted(EVAL_SEG_CRF_DEFAULTS)}, got {crf_cfg!r}")
+
+
 def resolve_eval_seg(cfg: dict | None) -> dict:
-    return merge_section(EVAL_SEG_DEFAULTS, cfg, "eval_seg")
+    out = merge_section(EVAL_SEG_DEFAULTS, cfg, "eval_seg")
+    eval_seg_crf(out["crf"])
+    return out
 
 
 # ----------------------------------------------------------------------------------- registry
@@ -337,4 +364,12 @@ def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
         if not isinstance(cfg, dict):
             raise S2CError(f"config section {section!r} must be a mapping, got {type(cfg).__name__}")
         out[section] = resolve(cfg)
+    # the ablation rows train with the cam section under the warm-up's overrides: a typo there
+    # would otherwise surface only when the ablations target builds its DAG
+    warmup = (config.get("ablations") or {}).get("warmup")
+    if isinstance(warmup, dict) and warmup.get("cam"):
+        try:
+            resolve_cam(overlay_cam(config.get("cam") or {}, warmup["cam"]))
+        except S2CError as e:
+            raise S2CError(f"ablations.warmup.cam: {e}") from None
     return out

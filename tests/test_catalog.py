@@ -120,7 +120,7 @@ def test_prepare_names_everything_missing_from_a_voc_folder(tmp_path):
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "JPEGImages").mkdir()
     (root / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n2007_000042\n")
-    (root / "JPEGImages/2007_000033.jpg").touch()
+    (root / "JPEGImages/2007_000033.jpg").write_bytes(b"x")  # present (a 0-byte file counts as missing)
     out = _prepare_cli("--data-cfg", json.dumps(_voc_cfg(root)), "--train", "train_aug", "--eval", "val",
                        "--sam-model-type", "vit_h", "--sam-checkpoint", str(tmp_path / "sam_vit_h_4b8939.pth"))
     assert out.returncode == 2, out.stdout + out.stderr
@@ -138,16 +138,19 @@ def test_prepare_names_missing_coco_files(tmp_path):
     (root / "annotations").mkdir(parents=True)
     (root / "train").mkdir()
     (root / "annotations/instances_train.json").write_text(json.dumps(
-        {"images": [{"id": 1, "file_name": "000000000001.jpg"}], "annotations": [], "categories": []}))
+        {"images": [{"id": 1, "file_name": "000000000001.jpg", "height": 4, "width": 4}], "annotations": [],
+         "categories": []}))
     cfg = {"kind": "coco", "root": str(root), "class_set": "voc20"}
     out = _prepare_cli("--data-cfg", json.dumps(cfg), "--train", "train", "--eval", "val")
     assert out.returncode == 2
     assert "image folder of split 'val'" in out.stderr and "instances json of split 'val'" in out.stderr
     assert "1 of 1 images of split 'train': 000000000001.jpg" in out.stderr
     assert "cocodataset.org" in out.stderr
-    # the quick check (the one Snakemake runs when it builds the DAG) does not parse the json
-    quick = check_layout(cfg, ["train"], ["val"], quick=True)
-    assert len(quick["problems"]) == 2
+    # the quick check (the one Snakemake runs when it builds the DAG) names the same problems
+    quick = check_layout({**cfg, "cache_dir": str(tmp_path / "cache")}, ["train"], ["val"], quick=True)
+    assert sorted(p["what"] for p in quick["problems"]) == [
+        "1 of 1 images of split 'train': 000000000001.jpg", "image folder of split 'val'",
+        "instances json of split 'val'"]
 
 
 def test_a_broken_dataset_stops_snakemake_before_any_job(tmp_path):
@@ -177,8 +180,10 @@ def test_eval_voc_refuses_a_coco_config(tmp_path):
     root = tmp_path / "coco"
     for d in ("annotations", "train", "val"):
         (root / d).mkdir(parents=True)
-    for s in ("train", "val"):
-        (root / f"annotations/instances_{s}.json").write_text("{}")
+    for s in ("train", "val"):  # a split the DAG-time check accepts: one image entry, its file present
+        (root / f"annotations/instances_{s}.json").write_text(json.dumps(
+            {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}], "annotations": [], "categories": []}))
+        (root / s / "a.jpg").write_bytes(b"x")
     cfg = yaml.safe_load((REPO / "config/coco_mini.yaml").read_text())
     cfg["data"]["root"] = str(root)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))

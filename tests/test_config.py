@@ -128,7 +128,7 @@ def test_bad_cam_words_fail_in_the_dag_build_registry():
         node[path[-1]] = "no_such_choice"
         with pytest.raises(S2CError, match=rf"cam\.{'.'.join(path)} = 'no_such_choice'; use one of"):
             resolve_sections({"cam": cam})
-    with pytest.raises(S2CError, match="pseudo_labels.refine"):
+    with pytest.raises(S2CError, match="pseudo.refine"):
         resolve_sections({"pseudo": {"refine": "dense"}})
 
 

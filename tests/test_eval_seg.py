@@ -115,7 +115,7 @@ def test_crf_refinement(setup, tmp_path):
 
 def test_crf_unavailable_or_misconfigured(setup, tmp_path, monkeypatch):
     model_path, data_cfg = setup
-    with pytest.raises(S2CError, match="'crf' must be"):
+    with pytest.raises(S2CError, match=r"eval_seg\.crf\.sxy"):
         eval_seg(model_path, data_cfg, "val", tmp_path / "m.json", None, {"crf": {"sxy": 3}}, "cpu")
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)

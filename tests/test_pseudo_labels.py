@@ -132,7 +132,7 @@ def test_output_is_atomic_on_failure(gt_store, data_cfg, tmp_path):
     ({}, {}, "no background threshold"),
     ({"refine": "magic", "threshold": 0.5}, {}, "refine"),
     ({"thresh": 0.5}, {}, "unknown config key"),
-    ({"threshold": 0.5, "sam": {"ratio": 1}}, {}, "pseudo_labels.sam"),
+    ({"threshold": 0.5, "sam": {"ratio": 1}}, {}, "pseudo.sam"),
     ({"threshold": 1.5}, {}, "outside"),
     ({}, {"threshold_json": "missing.json"}, "missing.json"),
 ])

@@ -34,6 +34,11 @@ def test_gpu_rules_ask_for_cores():
                 assert re.search(r"^    threads: \d+", body, re.M), f"{f.name}: rule {name} holds gpu=1 without threads:"
 
 
+#: an instances json naming one image, a.jpg (what the DAG-time check parses)
+COCO_STAND_IN = ('{"images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}], '
+                 '"annotations": [], "categories": []}')
+
+
 def _with_fake_inputs(tmp_path, configfile):
     """Point a real-dataset config at an empty stand-in dataset + checkpoint so the DAG resolves."""
     cfg = yaml.safe_load((REPO / configfile).read_text())
@@ -46,14 +51,15 @@ def _with_fake_inputs(tmp_path, configfile):
         lists = [root / "annotations" / f"instances_{s}.json" for s in cfg["splits"].values()]
     for f in lists:
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text("a\n") if cfg["data"]["kind"] == "voc" else f.touch()
+        f.write_text("a\n" if cfg["data"]["kind"] == "voc" else COCO_STAND_IN)
     # what the DAG-time layout check (s2c.prepare, quick) looks for: one listed image and its mask
-    stand_ins = ["JPEGImages/a.jpg", "SegmentationClass/a.png"] if cfg["data"]["kind"] == "voc" else []
-    for rel in stand_ins:
+    if cfg["data"]["kind"] == "voc":
+        stand_ins = ["JPEGImages/a.jpg", "SegmentationClass/a.png"]
+    else:
+        stand_ins = [f"{s}/a.jpg" for s in cfg["splits"].values()]
+    for rel in stand_ins:  # one byte: the check counts a 0-byte image as missing
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).touch()
-    for s in cfg["splits"].values() if cfg["data"]["kind"] == "coco" else []:
-        (root / s).mkdir(exist_ok=True)
+        (root / rel).write_bytes(b"x")
     cfg["data"]["root"] = str(root)
     if cfg["sam"].get("checkpoint"):
         cfg["sam"]["checkpoint"] = str(tmp_path / "sam.pth")
@@ -116,7 +122,8 @@ def test_coco_official_layout_builds_the_dag(tmp_path):
     (root / "annotations").mkdir(parents=True)
     for s in dict.fromkeys(cfg["splits"].values()):
         (root / f"{s}2017").mkdir()
-        (root / "annotations" / f"instances_{s}2017.json").touch()
+        (root / f"{s}2017" / "a.jpg").write_bytes(b"x")
+        (root / "annotations" / f"instances_{s}2017.json").write_text(COCO_STAND_IN)
     cfg["data"]["root"] = str(root)
     cfg["data"].pop("coco_splits", None)
     for key, section in (("checkpoint", "sam"), ("pretrained", "cam")):

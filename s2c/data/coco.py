@@ -18,7 +18,9 @@ Image ids are the file-name stems (e.g. ``000000262145``), ordered by COCO image
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..classes import coco_category_to_index
 from ..errors import S2CError
-from .base import SegDataset, cache_dir_for, drop_corrupt
+from .base import SegDataset, cache_dir_for, cached_json, drop_corrupt, file_stamp
 from .voc import _image_size
 
 log = logging.getLogger(__name__)
@@ -49,21 +51,131 @@ def _split_paths(root: Path, split: str, cfg: dict) -> tuple[Path, Path]:
     return img_dir, ann
 
 
-def _load_coco(ann_path: Path):
-    # pycocotools pulls in matplotlib at import: only COCO datasets pay for it
-    from pycocotools.coco import COCO
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
+
+def _is_segmentation(seg) -> bool:
+    """COCO's two forms, checked in shape only (the numbers are pycocotools' to read): a non-empty
+    list of polygons of at least three points, or an RLE with ``counts`` and ``size``."""
+    if isinstance(seg, dict):
+        return "counts" in seg and "size" in seg
+    return (isinstance(seg, list) and len(seg) > 0
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg))
+
+
+def check_coco_json(blob, ann_path: Path) -> None:
+    """Raise S2CError naming ``ann_path`` and the first entry the reader could not use.
+
+    What the reader relies on: image entries with an integer ``id`` (unique), a relative
+    ``file_name`` (unique stem: the image id) and positive ``height`` / ``width``; annotations with
+    unique integer ids, an ``image_id`` some image entry has, an integer ``category_id`` some
+    category entry has and a ``segmentation`` of COCO's shape; categories with unique integer ids. Anything else
+    would be a KeyError deep in a job, or an annotation silently ignored.
+    """
+    def bad(what: str):
+        raise S2CError(f"malformed COCO annotation file {ann_path}: {what}; re-download it or fix the entry")
+
+    if not isinstance(blob, dict) or not isinstance(blob.get("images"), list):
+        bad("no 'images' list at the top level")
+    for key in ("annotations", "categories"):
+        if key in blob and not isinstance(blob[key], list):
+            bad(f"'{key}' is not a list")
+    stems: dict[str, int] = {}
+    for k, im in enumerate(blob["images"]):
+        if not isinstance(im, dict) or not _is_int(im.get("id")):
+            bad(f"images[{k}] has no integer 'id'")
+        where = f"images[{k}] (id {im['id']})"
+        name = im.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            bad(f"{where} has no 'file_name'")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            bad(f"{where} has file_name {name!r} outside the image folder")
+        for dim in ("height", "width"):
+            if not _is_int(im.get(dim)) or im[dim] < 1:
+                bad(f"{where} has no positive integer '{dim}' (got {im.get(dim)!r})")
+        stem = Path(name).stem
+        if stem in stems:
+            bad(f"images {stems[stem]} and {im['id']} share the file name stem {stem!r} (the image id)")
+        stems[stem] = im["id"]
+    image_ids = set(stems.values())
+    if len(image_ids) < len(stems):
+        seen: set[int] = set()
+        dup = next(i for i in stems.values() if i in seen or seen.add(i))
+        bad(f"two image entries have id {dup}")
+    cat_ids: set[int] | None = set() if "categories" in blob else None
+    for k, c in enumerate(blob.get("categories", [])):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            bad(f"categories[{k}] has no integer 'id'")
+        if c["id"] in cat_ids:
+            bad(f"two categories have id {c['id']}")
+        cat_ids.add(c["id"])
+    ann_ids: set[int] = set()
+    for k, a in enumerate(blob.get("annotations", [])):
+        if not isinstance(a, dict) or not _is_int(a.get("id")):
+            bad(f"annotations[{k}] has no integer 'id'")
+        where = f"annotations[{k}] (id {a['id']})"
+        if a["id"] in ann_ids:
+            bad(f"two annotations have id {a['id']}")
+        ann_ids.add(a["id"])
+        if not _is_int(a.get("image_id")) or a["image_id"] not in image_ids:
+            bad(f"{where} points at image id {a.get('image_id')!r}, which no image entry has")
+        if not _is_int(a.get("category_id")):
+            bad(f"{where} has no integer 'category_id'")
+        if cat_ids is not None and a["category_id"] not in cat_ids:
+            bad(f"{where} has category_id {a['category_id']}, which no category entry has")
+        if not _is_segmentation(a.get("segmentation")):
+            bad(f"{where} has no 'segmentation' (polygons [[x, y, ...], ...] or an RLE {{counts, size}}), "
+                f"got {str(a.get('segmentation'))[:60]}")
+        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), bool):
+            bad(f"{where} has iscrowd {a.get('iscrowd')!r} (0 or 1)")
+        if "area" in a and (isinstance(a["area"], bool) or not isinstance(a["area"], (int, float))):
+            bad(f"{where} has a non-numeric 'area' {a['area']!r}")
+
+
+def read_coco_json(ann_path: Path) -> dict:
+    """The parsed and checked (:func:`check_coco_json`) instances json of a split."""
     if not ann_path.is_file():
         raise S2CError(
             f"COCO annotation file not found: {ann_path}; check data.root or map the split with "
             "data.coco_splits: {<split>: {images: <dir>, annotations: <json>}}"
         )
     try:
-        # pycocotools prints progress to stdout; keep stage logs clean.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_path))
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise S2CError(f"malformed COCO annotation file {ann_path} ({e.__class__.__name__}: {e}); re-download it") from None
+        with open(ann_path, "rb") as f:
+            blob = json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise S2CError(f"malformed COCO annotation file {ann_path}: it does not parse as JSON "
+                       f"({e.__class__.__name__}: {e}); re-download it") from None
+    check_coco_json(blob, ann_path)
+    return blob
+
+
+#: Bump when :func:`check_coco_json` checks more: cached image lists of older checks are redone.
+IMAGE_LIST_CHECK = 1
+
+
+def coco_image_files(image_dir: Path, ann_path: Path, cache: Path | None) -> list[Path]:
+    """The image file of every image entry of ``ann_path`` (checked), in entry order.
+
+    The workflow's DAG-build check calls this each time Snakemake starts: the file names are cached
+    in ``cache`` keyed by the json's size and mtime, so the json is parsed once per edit.
+    """
+    key = f"{IMAGE_LIST_CHECK}\t{ann_path.resolve()}\t{file_stamp(ann_path)}"
+    name = f"coco_images_{hashlib.sha256(str(ann_path.resolve()).encode()).hexdigest()[:16]}.json"
+    names = cached_json(cache, name, key, lambda: [im["file_name"] for im in read_coco_json(ann_path)["images"]])
+    return [image_dir / n for n in names]
+
+
+def _load_coco(ann_path: Path):
+    # pycocotools pulls in matplotlib at import: only COCO datasets pay for it
+    from pycocotools.coco import COCO
+
+    blob = read_coco_json(ann_path)
+    coco = COCO()
+    coco.dataset = blob
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
+        coco.createIndex()
+    return coco
 
 
 class COCODataset(SegDataset):
@@ -85,10 +197,8 @@ class COCODataset(SegDataset):
         self._stem_to_img: dict[str, int] = {}
         self._label_idx: dict[str, list[int]] = {}
         imgs = sorted(self.coco.imgs.values(), key=lambda im: im["id"])
-        for im in imgs:
+        for im in imgs:  # entries checked by read_coco_json: stems are unique
             stem = Path(im["file_name"]).stem
-            if stem in self._stem_to_img:
-                raise S2CError(f"{self.ann_path}: two images share the file name stem {stem!r}; ids must be unique")
             self._stem_to_img[stem] = im["id"]
             cats = {
                 self.cat_to_idx[a["category_id"]]

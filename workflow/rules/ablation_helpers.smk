@@ -1,5 +1,5 @@
 # Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
-from s2c.sections import ABLATIONS, MODEL_KEYS, WARMUP_ROW
+from s2c.sections import ABLATIONS, MODEL_KEYS, WARMUP_ROW, overlay_cam
 from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
@@ -10,12 +10,6 @@ WARMUP = ABL.get("warmup")  # the rows start from one L_CLS-only run per seed
 ABL_ROWS = [*([WARMUP_ROW] if WARMUP else []), *ABL["rows"]]
 PROBE = (WARMUP or {}).get("probe")  # the warm-up starts from a head fitted on frozen features
 PROBE_MODEL = f"{ABL_DIR}/probe/seed{{seed}}/model.pt"
-
-
-def _over(base, over):
-    """``over`` on ``base``, sub-sections (cpm, ssc, diagnostics) key by key; augment replaced whole."""
-    deep = lambda k, v: isinstance(v, dict) and isinstance(base.get(k), dict) and k != "augment"
-    return {**base, **{k: ({**base[k], **v} if deep(k, v) else v) for k, v in over.items()}}
 
 
 def warmup_model(wc):
@@ -36,7 +30,7 @@ def ablation_cam_cfg(wc):
         return {**cfg, "init": PROBE_MODEL.format(seed=wc.seed)} if PROBE else cfg
     cfg = {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
     if WARMUP:
-        cfg = {**_over(cfg, WARMUP.get("cam") or {}), "init": warmup_model(wc)}
+        cfg = {**overlay_cam(cfg, WARMUP.get("cam") or {}), "init": warmup_model(wc)}
     return cfg
 
 

@@ -1,8 +1,9 @@
 # Dataset layout check (s2c.prepare), included before every other rule file:
-# 1. when the DAG is built, before any job: the folders, lists, per-image files (VOC) and the
-#    user-supplied weights; a problem stops Snakemake with what is missing and where to get it;
-# 2. the prepare_voc / prepare_coco job (a target of `rule all`): the full check, also parsing the
-#    COCO json files and checking every image they name; its report is a JSON file.
+# 1. when the DAG is built, before any job: the folders, lists (VOC) or json entries (COCO, the
+#    image list cached per edit of the json), every image file, and the user-supplied weights; a
+#    problem stops Snakemake with what is missing and where to get it;
+# 2. the prepare_voc / prepare_coco job (a target of `rule all`): the same check without the cache;
+#    its report is a JSON file.
 import json
 
 from snakemake.exceptions import WorkflowError
