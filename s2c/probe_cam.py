@@ -1,13 +1,12 @@
-"""Fit the CAM classifier's new layers on frozen backbone features: a linear-probe start (issue 10).
+"""Fit the CAM classifier's new layers on frozen backbone features: a linear-probe start.
 
     python -m s2c.probe_cam --data-cfg '{...}' --split train --cfg '{...cam section...}' \\
         --probe '{"long_side": 320, "steps": 3000}' --out results/run/probe/model.pt
 
 Why: fine-tuning all layers from the ImageNet weights at the reference's settings (new layers at 1×
-LR, no momentum) learns the head of a class seen in a few dozen images far too slowly. On coco-plus
-(494 images, 6-23 for 13 of the 20 classes) 2,440 such steps reached 23.81 CAM mIoU, while this probe
-alone reaches 27.61 in ~4 min on 2 CPU cores, and fine-tuning from it 28.21 after 610 steps
-(README, "coco-plus"). Starting a fine-tune from a fitted head is LP-FT (Kumar et al., ICLR 2022):
+LR, no momentum) learns the head of a class seen in a few dozen images far too slowly; on a small
+set a short fine-tune from a fitted head ends well above a long one from a random head (measured:
+docs/RESULTS.md, coco-plus). Starting a fine-tune from a fitted head is LP-FT (Kumar et al., ICLR 2022):
 the backbone is then not pulled around by a random head's gradients in the first steps.
 
 What it does: the backbone (eval mode, no grad) maps each training image and its horizontal flip,

@@ -2,7 +2,7 @@
 machine can inject, and what s2c must do about it — a one-line error naming the file or key and
 the fix, before any expensive job where it can be checked then, and never a silent result.
 
-Groups (README, "What is checked where"):
+Groups (docs/CHECKS.md):
   shell     every free-form string key reaches the rule commands intact and runs nothing; every
             patterned string key refuses shell characters at DAG build
   cli       command-line (--config) strings mean what the same value in a config file means;

@@ -90,7 +90,7 @@ def run_dir(tmp_path_factory):
     assert killed_at < CAM_EPOCHS, "the kill came after training finished; the test needs more epochs"
     assert not (cam_dir / "model.pt").exists()
 
-    # 2. a killed Snakemake leaves its lock: unlock (README, fault recovery), then rerun the
+    # 2. a killed Snakemake leaves its lock: unlock (docs/USAGE.md, interrupted jobs), then rerun the
     # user-facing target: Snakemake reruns the incomplete job, which resumes from last.pt
     assert smk(work, "--cores", "2", "eval_voc", check=False).returncode != 0  # locked
     smk(work, "--unlock", "--cores", "1")

@@ -111,7 +111,7 @@ def runs(cluster, tmp_path_factory):
                 noticed = False
                 # Ctrl-C as a user would, twice, then SIGTERM; Snakemake 9 with plugin 2.8 stuck in the
                 # status loop of a scancelled job ignored all three here, so then kill -9 (the rerun
-                # below unlocks first, as the README's recovery says)
+                # below unlocks first, as docs/USAGE.md says)
                 rc = None
                 for sig, wait_s in ((signal.SIGINT, 120), (signal.SIGINT, 60), (signal.SIGTERM, 60)):
                     proc.send_signal(sig)
@@ -120,7 +120,7 @@ def runs(cluster, tmp_path_factory):
                         break
                     except subprocess.TimeoutExpired:
                         continue
-                if rc is None:  # stuck in the plugin's status loop: kill -9, as README's fault recovery says
+                if rc is None:  # stuck in the plugin's status loop: kill -9, as docs/USAGE.md says
                     proc.kill()
                     rc = proc.wait()
         finally:
@@ -130,7 +130,7 @@ def runs(cluster, tmp_path_factory):
     assert rc != 0, "the run with a cancelled job should fail"
     assert not (work / "results" / RUN / "cam" / "model.pt").exists()
 
-    if not noticed:  # a stopped Snakemake may leave its lock (README, fault recovery)
+    if not noticed:  # a stopped Snakemake may leave its lock (docs/USAGE.md, interrupted jobs)
         _check(subprocess.run([*SNAKEMAKE, "-d", str(work), "--unlock"], capture_output=True, text=True,
                               env=env, timeout=300), "unlock")
     # 2. the same command again: Snakemake resubmits the killed job, which resumes from last.pt

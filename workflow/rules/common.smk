@@ -55,7 +55,7 @@ except S2CError as e:
 if not config["synthetic"]["enabled"] and not Path(config["data"]["root"]).is_dir():
     raise WorkflowError(
         f"config data.root: dataset folder {config['data']['root']!r} not found; point data.root at "
-        f"your {config['data']['kind'].upper()} root (see README, 'Real datasets')"
+        f"your {config['data']['kind'].upper()} root (see docs/USAGE.md, 'Real datasets')"
     )
 
 
@@ -75,7 +75,7 @@ def split_list_of(wc):
 
 def sam_checkpoint():
     """SAM checkpoint path (s2c.weights): sam.checkpoint, else the weights dir's MobileSAM (a rule
-    provisions it) or official vit_b/l/h file (downloaded by the user, see README 'Weights')."""
+    provisions it) or official vit_b/l/h file (downloaded by the user, see docs/USAGE.md 'Weights')."""
     try:
         return str(sam_checkpoint_path(SAM["model_type"], SAM["checkpoint"], WEIGHTS, must_exist=True))
     except S2CError as e:
@@ -89,7 +89,7 @@ for _section in ("cam", "seg"):
     if isinstance(_pre, str) and not Path(_pre).is_file():
         raise WorkflowError(
             f"config error: {_section}.pretrained {_pre!r} is not a file; point it at the weights file "
-            "(see README, 'Weights'), or use true (ImageNet weights) / false"
+            "(see docs/USAGE.md, 'Weights'), or use true (ImageNet weights) / false"
         )
 
 
