@@ -1,4 +1,4 @@
-"""How well do a backbone's frozen ImageNet features localise a dataset's classes? (issue 10)
+"""How well do a backbone's frozen ImageNet features localise a dataset's classes?
 
 Runs the probe_cam stage (:mod:`s2c.probe_cam`: only the CAM classifier's new layers, trained on
 frozen backbone features of each training image and its flip at one size) and scores its

@@ -1,4 +1,4 @@
-"""GPU figures of issue 13 in one table: train_cam step time and peak memory (baseline / cached /
+"""GPU figures in one table: train_cam step time and peak memory (baseline / cached /
 online, MobileSAM and ViT-H), segment-everything and embedding images/s, the projected wall time of
 the paper's VOC schedule beside the reference's 8 h on 2×V100.
 

@@ -1,4 +1,4 @@
-"""CPM diagnostics during training: is CPM teaching the CAMs something right? (issue 10)
+"""CPM diagnostics during training: is CPM teaching the CAMs something right?
 
 On a fixed sample of training images that have GT masks, after each epoch, in eval mode and
 without gradients, with the trainer's own prompting CAM, peaks and SAM decoding:

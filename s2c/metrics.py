@@ -143,7 +143,7 @@ class ThresholdSearch:
 
 
 #: Model-free predictors scored as sanity floors next to every CAM / pseudo-label evaluation: a
-#: classifier below them has not learned to localise yet (issue 10).
+#: classifier below them has not learned to localise yet.
 FLOOR_KINDS: tuple[str, ...] = ("centre_prior", "all_labelled")
 
 

@@ -1,4 +1,4 @@
-"""Fault / bad-input table (issue 11): every row is one thing a user can get wrong or one fault the
+"""Fault / bad-input table: every row is one thing a user can get wrong or one fault the
 machine can inject, and what s2c must do about it — a one-line error naming the file or key and
 the fix, before any expensive job where it can be checked then, and never a silent result.
 
@@ -32,12 +32,12 @@ import pytest
 import torch
 import yaml
 
-from s2c.config import SCHEMA_PATH, validate_config
+from s2c.config import validate_config
 from s2c.sections import resolve_sections
 from s2c.errors import S2CError
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+from _schema import SCHEMA, schema_keys, types_of  # noqa: E402
 BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 
@@ -46,16 +46,7 @@ def smk(*args, cwd=REPO):
                           timeout=300)
 
 
-def _types(s):
-    t = s.get("type", [])
-    return [t] if isinstance(t, str) else list(t)
-
-
-def schema_keys(schema=SCHEMA, prefix=()):
-    """(dotted key path, subschema) for every named property of the schema, depth first."""
-    for k, sub in schema.get("properties", {}).items():
-        yield prefix + (k,), sub
-        yield from schema_keys(sub, prefix + (k,))
+_types = types_of
 
 
 def set_key(cfg, path, value):

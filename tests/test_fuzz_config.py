@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from s2c.config import SCHEMA_PATH, key_name, validate_config
+from s2c.config import key_name, validate_config
 from s2c.data.transforms import AUG_DEFAULTS
 from s2c.errors import S2CError
 from s2c.models.classifier import CAM_DEFAULTS
@@ -32,7 +32,7 @@ from s2c.sections import (ABLATIONS, CAM_CHOICES, EVAL_SEG_CRF_DEFAULTS, EVAL_SE
                           SEG_TRAIN_DEFAULTS, TRAIN_DEFAULTS, resolve_sections)
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+from _schema import SCHEMA, schema_keys, types_of  # noqa: E402
 SHIPPED = ["config/config.yaml", "config/voc.yaml", "config/coco.yaml", "config/coco_mini.yaml"]
 
 #: examples per property: the default suite (seconds) and the long run (``-m fuzz``)
@@ -46,16 +46,7 @@ NOT_RANGES = {("cam", "augment", "crop_size")}  # [h, w]
 
 
 # ------------------------------------------------------------------------------------ schema
-def _types(s: dict) -> list[str]:
-    t = s.get("type", [])
-    return [t] if isinstance(t, str) else list(t)
-
-
-def schema_keys(schema=SCHEMA, prefix=()):
-    """(key path, subschema) of every named property, depth first."""
-    for k, sub in schema.get("properties", {}).items():
-        yield prefix + (k,), sub
-        yield from schema_keys(sub, prefix + (k,))
+_types = types_of
 
 
 def _node(schema: dict, path) -> dict:

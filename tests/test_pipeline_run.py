@@ -144,8 +144,7 @@ def test_seg_edit_reruns_only_the_segmentation_network(run_dir):
 
 
 def test_unrelated_edit_reruns_nothing(run_dir):
-    # the ablation sweep's seeds reach only the `ablations` target's rules (sam.num_workers, once the
-    # example here, now travels in the cache rules' params: issue 11)
+    # the ablation sweep's seeds reach only the `ablations` target's rules
     rules = planned_rules(run_dir[0], _edited(lambda c: c.update(ablations={"seeds": [0, 3]})))
     assert rules <= {"eval_voc"}, rules
 
