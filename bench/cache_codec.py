@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python bench/cache_codec.py --workdir cache/codec_bench \\
         [--coco-root ../shared/data/coco-mini] [--split train] [--levels 127,63,31] [--workers 0,2,4]
 
-1. Builds the MobileSAM fp16 embedding store of the split (``s2c.sam_embed``; reused when
+1. Builds the MobileSAM fp16 embedding store of the split (``s2c.stages.sam_embed``; reused when
    ``<workdir>/embed_fp16.zarr`` exists — a killed build resumes from its ``.partial``).
 2. Transcodes it (:func:`s2c.sam.cache.transcode_embeddings`) to the int8 layout at each of
    ``--levels``: 127 = codec ``int8``, 31 = codec ``int6`` (the two the config offers), others for
@@ -131,7 +131,7 @@ def loader_throughput(ds, embed: Path, se: Path, workers: int, batch_size: int, 
     from torch.utils.data import DataLoader
 
     from s2c.data.cam_train import CAMTrainDataset, collate
-    from s2c.train_cam import resolve_cfg
+    from s2c.stages.train_cam import resolve_cfg
 
     cfg = resolve_cfg({})
     data = CAMTrainDataset(ds, cfg["augment"], EmbeddingReader(embed), SEMapReader(se), seed=0)
@@ -148,7 +148,7 @@ def loader_throughput(ds, embed: Path, se: Path, workers: int, batch_size: int, 
 def ensure_fp16_store(a, ds, out: Path) -> Path:
     if out.exists():
         return out
-    cmd = [sys.executable, "-m", "s2c.sam_embed", "--data-cfg", json.dumps(a.data_cfg), "--split", a.split,
+    cmd = [sys.executable, "-m", "s2c.stages.sam_embed", "--data-cfg", json.dumps(a.data_cfg), "--split", a.split,
            "--out", str(out), "--weights-dir", str(a.weights_dir), "--device", a.device,
            "--cfg", json.dumps({"model_type": a.model_type, "batch_size": 2, "num_workers": 1})]
     print("building the fp16 store:", " ".join(cmd), file=sys.stderr, flush=True)

@@ -1,8 +1,8 @@
 """How well do a backbone's frozen ImageNet features localise a dataset's classes?
 
-Runs the probe_cam stage (:mod:`s2c.probe_cam`: only the CAM classifier's new layers, trained on
+Runs the probe_cam stage (:mod:`s2c.stages.probe_cam`: only the CAM classifier's new layers, trained on
 frozen backbone features of each training image and its flip at one size) and scores its
-``model.pt`` with ``python -m s2c.infer_cam`` / ``s2c.eval_cam`` like any run.
+``model.pt`` with ``s2c infer_cam`` / ``s2c.stages.eval_cam`` like any run.
 Minutes on 2 CPU cores instead of hours: a reference point for a CPU schedule (a fine-tuned baseline
 below it has not learned what the ImageNet features already know).
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from s2c.probe_cam import probe_cam  # noqa: E402
+from s2c.stages.probe_cam import probe_cam  # noqa: E402
 
 
 def main() -> None:
@@ -45,10 +45,10 @@ def main() -> None:
               {"long_side": a.long, "steps": a.steps, "lr": a.lr, "batch_size": a.batch})
     t_probe = time.perf_counter() - t0
     py, dcfg = sys.executable, json.dumps({**data, "gt_dir": None, "cache_dir": None})
-    subprocess.run([py, "-m", "s2c.infer_cam", "--model", str(a.out / "model.pt"), "--data-cfg", dcfg,
+    subprocess.run([py, "-m", "s2c.stages.infer_cam", "--model", str(a.out / "model.pt"), "--data-cfg", dcfg,
                     "--split", "train", "--out", str(a.out / "train.h5"), "--weights-dir", a.weights_dir,
                     "--cfg", json.dumps({"scales": a.scales, "flip": True})], check=True)
-    subprocess.run([py, "-m", "s2c.eval_cam", "--cams", str(a.out / "train.h5"), "--data-cfg", dcfg,
+    subprocess.run([py, "-m", "s2c.stages.eval_cam", "--cams", str(a.out / "train.h5"), "--data-cfg", dcfg,
                     "--split", "train", "--out", str(a.out / "cam_train.json")], check=True)
     m = json.loads((a.out / "cam_train.json").read_text())
     print("\n| backbone | long side | head steps | infer scales | CAM mIoU | centre-prior floor | probe s |")

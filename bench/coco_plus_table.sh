@@ -42,5 +42,5 @@ for seed in $seeds; do
   done
 done
 mkdir -p bench/results
-.venv/bin/python -m s2c.ablation_table --runs "${runs[@]}" --out bench/results/coco_plus.tsv \
+.venv/bin/s2c ablations --runs "${runs[@]}" --out bench/results/coco_plus.tsv \
   --command "bash bench/coco_plus_table.sh $*" | tee bench/results/coco_plus.txt

@@ -7,7 +7,7 @@ The authors' code is read from DIR at run time, never copied into this project: 
 needs go to a temporary directory, are patched there only where they cannot run here, and every
 patch is printed. ``--weights-dir`` (default weights/) gets mobile_sam.pt and EfficientNet-Lite0
 as the pipeline provisions them (s2c.weights). Reference: ``models/model_s2c.py`` ``model_WSSS.update()``; s2c:
-``s2c.train_cam.compute_losses`` with the reference's settings spelled out. Both sides share the
+``s2c.stages.train_cam.compute_losses`` with the reference's settings spelled out. Both sides share the
 classifier (s2c's EfficientNet-Lite0; ResNet-38 weights are unobtainable: the reference gets a deep
 copy behind an adapter with ``Net_CAM``'s output keys), SAM (MobileSAM for ViT-H, inside the
 reference's own ``Sam`` / ``MaskDecoder`` classes) and the batch (256² coco-mini crops, SLIC SE maps).
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import TwoWayTransformer
 from skimage.segmentation import slic
 
-from s2c import train_cam as tc
+from s2c.stages import train_cam as tc
 from s2c.data import open_dataset
 from s2c.data.cam_train import collate, reindex_np
 from s2c.data.transforms import Geometry, normalize
@@ -70,7 +70,7 @@ CPM = {"enabled": True, "prompt_cam": "multiscale", "scales": [0.5, 1.0, 1.5, 2.
 CPM.update({k: v for k, v in (("prompts", "peaks"), ("min_pred_iou", None)) if k in TRAIN_DEFAULTS["cpm"]})
 S2C_CFG = {"sam_mode": "online", "cpm": CPM, "ssc": {"enabled": True, "level": "feature", "temperature": 1.0,
                                                      "unassigned_prototype": True, "size": None, "weight": 1.0}}
-# s2c's explained departures switched to the reference's behaviour (s2c.train_cam documents them)
+# s2c's explained departures switched to the reference's behaviour (s2c.stages.train_cam documents them)
 SWITCHES = {"ssc": {"absent_prototypes": True},
             "cpm": {"sam_resize": "reference", "peak_rule": "reference", "confidence_source": "lowres"}}
 S2C_SWITCHED = {**S2C_CFG, "ssc": {**S2C_CFG["ssc"], **SWITCHES["ssc"]}, "cpm": {**CPM, **SWITCHES["cpm"]}}

@@ -38,7 +38,7 @@ from s2c.sam.everything import (  # noqa: E402
     stock_masks,
 )
 from s2c.sam.prompt import encode_images, sam_input_size  # noqa: E402
-from s2c.sam_embed import embed_settings  # noqa: E402
+from s2c.stages.sam_embed import embed_settings  # noqa: E402
 from s2c.weights import cached_sha256, ensure_mobile_sam  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from s2c import train_cam as tc  # noqa: E402
+from s2c.stages import train_cam as tc  # noqa: E402
 from s2c import train_utils as tu  # noqa: E402
 
 

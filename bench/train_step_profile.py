@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import train_step  # noqa: E402
 
-from s2c import train_cam as tc  # noqa: E402
+from s2c.stages import train_cam as tc  # noqa: E402
 from s2c.data import transforms  # noqa: E402
 from s2c.sam import prompt as sam_prompt  # noqa: E402
 

@@ -1,5 +1,5 @@
 """The CAM store: one compact HDF5 file of multi-scale CAMs per (run, split), written by
-:mod:`s2c.infer_cam` and read by eval_cam, pseudo_labels and the figures.
+:mod:`s2c.stages.infer_cam` and read by eval_cam, pseudo_labels and the figures.
 
 Layout (format version :data:`STORE_VERSION`)::
 

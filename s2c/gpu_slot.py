@@ -1,4 +1,5 @@
-"""Pin a GPU job to one device, then exec the job: ``python -m s2c.gpu_slot CMD ARGS...``.
+"""Pin a GPU job to one device: ``s2c --gpu-slot STAGE ARGS...`` (the rules), or
+``python -m s2c.gpu_slot CMD ARGS...`` for any command (exec'd with the lock held).
 
 Snakemake counts a ``gpu`` resource but never says *which* GPU a job may use, so two jobs started
 together would both land on cuda:0. Each GPU rule runs through this wrapper: it takes the first free
@@ -53,20 +54,29 @@ def acquire_slot(n_gpus: int, lock_dir: Path, wait_s: float = 3600.0) -> tuple[i
         time.sleep(2.0)
 
 
+def pin() -> int | None:
+    """Pin this process (and what it execs or spawns) to a free GPU slot: sets CUDA_VISIBLE_DEVICES
+    and returns the fd holding the slot's lock (keep it open for the job's life). None when a
+    scheduler already chose the device or the machine has no GPU."""
+    env = os.environ
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return None
+    n = count_gpus()
+    if n == 0:
+        return None
+    lock_dir = Path(env.get("S2C_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / f"s2c-gpu-{os.getuid()}"))
+    slot, fd = acquire_slot(n, lock_dir)
+    env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    print(f"s2c.gpu_slot: CUDA_VISIBLE_DEVICES={slot}", file=sys.stderr, flush=True)
+    return fd
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise SystemExit("usage: python -m s2c.gpu_slot CMD [ARGS...]")
-    env = os.environ
-    if "CUDA_VISIBLE_DEVICES" not in env:
-        n = count_gpus()
-        if n > 0:
-            lock_dir = Path(env.get("S2C_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / f"s2c-gpu-{os.getuid()}"))
-            slot, _fd = acquire_slot(n, lock_dir)
-            env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            print(f"s2c.gpu_slot: CUDA_VISIBLE_DEVICES={slot}", file=sys.stderr, flush=True)
+    pin()
     os.execvp(argv[0], argv)
-
 
 if __name__ == "__main__":
     main()

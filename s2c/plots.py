@@ -63,7 +63,7 @@ def plot_iou_bars(metrics: dict | str | Path, png: str | Path, title: str | None
     if not isinstance(metrics, dict):
         metrics = read_metrics(metrics)
     if "iou" not in metrics:
-        raise S2CError("metrics have no 'iou' entry; pass a JSON written by eval_cam / eval_labels")
+        raise S2CError("metrics have no 'iou' entry; pass a JSON written by eval_cam / eval_pseudo")
     names = list(metrics["iou"])
     vals = [np.nan if v is None else v for v in metrics["iou"].values()]
     fig, ax = plt.subplots(figsize=(6, 0.22 * len(names) + 1.2))

@@ -32,7 +32,7 @@ from .sam.prompt import SAM_RESIZE
 
 # ---------------------------------------------------------------------------------------- sam
 # The workflow schema validates the sam section's types; each cache stage takes these keys of it
-# (the rules pass exactly these, s2c.sam_embed / s2c.sam_everything document them).
+# (the rules pass exactly these, s2c.stages.sam_embed / s2c.stages.sam_everything document them).
 #: What sam_embed takes of the ``sam`` section.
 SAM_EMBED_DEFAULTS: dict[str, Any] = {
     "model_type": DEFAULT_MODEL_TYPE,
@@ -58,7 +58,7 @@ SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
 WARMUP_ROW = "warmup"
 
 # ---------------------------------------------------------------------------------------- cam
-#: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.train_cam`), less the model
+#: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.stages.train_cam`), less the model
 #: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.models.classifier.CAM_DEFAULTS`).
 #: The values are those of the authors' code (sangrockEG/S2C@102e14c, ``train.py`` arguments and
 #: ``models/model_s2c.py`` ``update()``), pinned by tests/test_reference_defaults.py; where the paper
@@ -92,7 +92,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "multimask_index": 2, "alpha_sam": "logits", "confidence": "both", "background": "uncovered",
         "tau": 0.5, "loss": "ce", "batching": "pad", "weight": 1.0,
         # explained departures from the authors' code, each with a switch to its behaviour
-        # (s2c.train_cam documents them; tests/test_reference_defaults.py EXPLAINED_DEPARTURES)
+        # (s2c.stages.train_cam documents them; tests/test_reference_defaults.py EXPLAINED_DEPARTURES)
         "sam_resize": "sam", "peak_rule": "s2c", "confidence_source": "postprocessed",
     },
     "diagnostics": {"enabled": True, "n_images": 16, "every": 1},
@@ -222,12 +222,12 @@ def resolve_cam(cfg: dict | None) -> dict:
 
 
 # ------------------------------------------------------------------------ infer_cam / eval_cam
-#: The ``infer_cam`` section (s2c.infer_cam): test-time scales and flip of the CAM inference.
+#: The ``infer_cam`` section (s2c.stages.infer_cam): test-time scales and flip of the CAM inference.
 INFER_CAM_DEFAULTS: dict[str, Any] = {
     "scales": [0.5, 1.0, 1.5, 2.0],
     "flip": True,
 }
-#: The ``eval_cam`` section (s2c.eval_cam): the background thresholds searched.
+#: The ``eval_cam`` section (s2c.stages.eval_cam): the background thresholds searched.
 EVAL_CAM_DEFAULTS: dict[str, Any] = {
     "thresholds": list(DEFAULT_THRESHOLDS),
 }
@@ -244,7 +244,7 @@ def resolve_eval_cam(cfg: dict | None) -> dict:
 # ------------------------------------------------------------------------------------- pseudo
 #: ``pseudo.refine``: argmax, denseCRF, or SAM post-processing on the SE maps.
 REFINEMENTS = ("none", "crf", "sam")
-#: The ``pseudo`` section (s2c.pseudo_labels documents every key).
+#: The ``pseudo`` section (s2c.stages.pseudo_labels documents every key).
 PSEUDO_DEFAULTS: dict[str, Any] = {
     "threshold": None,   # None → the "threshold" of --threshold-json
     "refine": "none",
@@ -267,7 +267,7 @@ def resolve_pseudo(cfg: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- seg
-#: The ``seg`` section (s2c.train_seg; eval_seg has its own section, :data:`EVAL_SEG_DEFAULTS`).
+#: The ``seg`` section (s2c.stages.train_seg; eval_seg has its own section, :data:`EVAL_SEG_DEFAULTS`).
 SEG_TRAIN_DEFAULTS: dict[str, Any] = {
     # model: backbone, pretrained, output_stride, head, freeze_bn — defaults and meaning in
     # s2c.models.deeplab (resnet101 | resnet38d for GPUs, efficientnet_lite0 for CPU runs)
@@ -308,7 +308,7 @@ def resolve_seg(cfg: dict | None) -> dict:
     return json.loads(json.dumps(out))
 
 
-#: The ``eval_seg`` section (s2c.eval_seg).
+#: The ``eval_seg`` section (s2c.stages.eval_seg).
 EVAL_SEG_DEFAULTS: dict[str, Any] = {
     "scales": [1.0],     # paper-style test-time augmentation: [0.5, 0.75, 1.0, 1.25, 1.5]
     "flip": False,       # also average the horizontally flipped image

@@ -17,7 +17,6 @@ CLI: ``python -m s2c.weights --weights-dir weights [--mobile-sam] [--efficientne
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -28,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import S2CError, cli_main
+from .errors import S2CError
 from .io import atomic_path, ensure_writable_dir, sha256_file
 
 MOBILE_SAM_FILE = "mobile_sam.pt"
@@ -245,22 +244,3 @@ def resolve_sam_checkpoint(
     if path.name == name:
         verify_sha256(path, sha, f"the download is corrupt or truncated; delete it and download {url} again")
     return path
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.weights", description=__doc__.split("\n")[0])
-    p.add_argument("--weights-dir", type=Path, required=True, help="directory holding pretrained weights")
-    p.add_argument("--mobile-sam", action="store_true", help=f"provision {MOBILE_SAM_FILE}")
-    p.add_argument("--efficientnet-lite0", action="store_true", help=f"provision {EFFNET_LITE0_FILE}")
-    args = p.parse_args(argv)
-    both = not (args.mobile_sam or args.efficientnet_lite0)
-    if args.mobile_sam or both:
-        print(ensure_mobile_sam(args.weights_dir))
-    if args.efficientnet_lite0 or both:
-        print(ensure_efficientnet_lite0(args.weights_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    main()

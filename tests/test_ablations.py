@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from s2c import ablation_table as at
+from s2c.stages import ablations as at
 from s2c.errors import S2CError
 from test_workflow import REPO, smk
 

@@ -27,7 +27,7 @@ from s2c.sam.cache import (
     transcode_embeddings,
     verify,
 )
-from s2c.sam_embed import embed_settings
+from s2c.stages.sam_embed import embed_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,8 +204,8 @@ def test_stages_write_and_decode_the_configured_codec(synthetic_voc, tmp_path):
     from s2c.sam.build import build_sam
     from s2c.sam.everything import everything_settings
     from s2c.sam.cache import SEMapReader
-    from s2c.sam_embed import run_sam_embed
-    from s2c.sam_everything import run_sam_everything
+    from s2c.stages.sam_embed import run_sam_embed
+    from s2c.stages.sam_everything import run_sam_everything
 
     torch.manual_seed(0)
     sam = build_sam("vit_test", None, "cpu")

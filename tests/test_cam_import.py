@@ -1,4 +1,4 @@
-"""External CAMs and pseudo-labels (s2c.cam_import, python -m s2c.import_cams): each format read from
+"""External CAMs and pseudo-labels (s2c.cam_import, s2c import_cams): each format read from
 files written the way its code writes them, the round trip through export, and one-line errors
 for bad folders."""
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from s2c import import_cams as stage
+from s2c.stages import import_cams as stage
 from s2c.cam_import import CAM_FORMATS, export_cams, import_cams, import_pseudo_labels
 from s2c.cam_store import CAMStore, write_cam_store
 from s2c.data import open_dataset
-from s2c.eval_cam import evaluate_cams
+from s2c.stages.eval_cam import evaluate_cams
 from s2c.errors import S2CError
 
 SPLIT = "val"

@@ -1,6 +1,6 @@
 """Workflow catalog conventions: the files the Snakemake workflow catalog expects, the `.test`
 configuration run with ``--directory .test``, the default target, the per-dataset target names,
-the dataset layout check (s2c.prepare, prepare_voc / prepare_coco), and environment.yml ==
+the dataset layout check (s2c.stages.prepare, prepare_voc / prepare_coco), and environment.yml ==
 pyproject.toml dependencies."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from _dot_test import REPO, RUN, dot_test_copy, finished_dot_test, smk
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from s2c.prepare import check_layout
+from s2c.stages.prepare import check_layout
 
 
 # --- catalog files ---------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_prepare_accepts_a_complete_voc_layout(synthetic_voc):
 
 
 def _prepare_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "s2c.prepare", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "s2c.stages.prepare", *args], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -89,7 +89,7 @@ def test_cam_resolver_checks_augment_keys():
     """cam.augment is checked by the cam section's own resolver (the one train_cam and the ablation
     rows use), not only by the DAG-build registry: a typo names cam.augment.<key>."""
     from s2c.sections import resolve_cam
-    from s2c.train_cam import resolve_cfg
+    from s2c.stages.train_cam import resolve_cfg
 
     for resolve in (resolve_cam, resolve_cfg):
         with pytest.raises(S2CError, match=r"cam\.augment\.fllip"):

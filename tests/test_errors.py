@@ -29,7 +29,7 @@ def _targets(tmp_path: Path) -> list[Path]:
 
 def test_synthetic_data_into_unwritable_folder(tmp_path):
     for target in _targets(tmp_path):
-        r = _run("s2c.data.synthetic", "--root", str(target), "--n-train", "2", "--n-val", "1", "--size", "32")
+        r = _run("s2c.stages.make_synthetic_data", "--root", str(target), "--n-train", "2", "--n-val", "1", "--size", "32")
         assert r.returncode == 2, r.stderr
         line = r.stderr.strip().splitlines()[-1]
         assert line.startswith("s2c: error:") and str(target) in line and "path" in line, r.stderr
@@ -37,7 +37,7 @@ def test_synthetic_data_into_unwritable_folder(tmp_path):
 
 def test_sam_cache_part_into_unwritable_folder(synthetic_voc, tmp_path):
     for target in _targets(tmp_path):
-        r = _run("s2c.sam_embed", "--data-cfg", json.dumps({"kind": "voc", "root": str(synthetic_voc)}),
+        r = _run("s2c.stages.sam_embed", "--data-cfg", json.dumps({"kind": "voc", "root": str(synthetic_voc)}),
                  "--split", "val", "--out", str(target / "embed.part0.zarr"), "--device", "cpu",
                  "--cfg", json.dumps({"model_type": "vit_test", "num_workers": 0}))
         assert r.returncode == 2, r.stderr

@@ -12,12 +12,12 @@ from torch import nn
 
 from s2c.data import open_dataset
 from s2c.errors import S2CError
-from s2c.eval_seg import CRF_DEFAULTS, eval_seg, load_seg_model, main, predict_probs
+from s2c.stages.eval_seg import CRF_DEFAULTS, eval_seg, load_seg_model, main, predict_probs
 from s2c.io import read_label_png
 from s2c.metrics import confusion_matrix, miou_from_confusion
 from s2c.refine.crf import dense_crf
 from s2c.models import build_deeplab
-from s2c.train_seg import resolve_cfg
+from s2c.stages.train_seg import resolve_cfg
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "head": "v3plus"}
 PAPER_TTA = {"scales": [0.5, 0.75, 1.0, 1.25, 1.5], "flip": True, "num_workers": 0}

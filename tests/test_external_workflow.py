@@ -14,7 +14,7 @@ import yaml
 
 from s2c.cam_import import CAM_FORMATS
 from s2c.sections import REFINEMENTS
-from s2c.table5 import main as table5_main
+from s2c.stages.table5 import main as table5_main
 
 REPO = Path(__file__).resolve().parents[1]
 

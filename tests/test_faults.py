@@ -10,7 +10,7 @@ Groups (docs/CHECKS.md):
   range     every numeric range, type and enum in the schema is enforced at DAG build
   dag       cam.augment typos, cam.lr -1, a string lr fail at DAG build (snakemake -n)
   cache     each array of each SAM cache kind: deleted / truncated chunks are errors in readers
-            and in ``python -m s2c.sam_cache verify``
+            and in ``s2c sam_cache verify``
   rerun     forced reruns (-R) of the trainers retrain and leave no output missing
   misc      corrupt-image hint, GT mask size, read-only weights folder, sam.num_workers, DataLoader
             worker errors
@@ -157,7 +157,7 @@ def test_shell_free_string_key_reaches_commands_intact(shell_run, key):
 
 def test_shell_sam_num_workers_reaches_the_cache_rules(shell_run):
     calls, _ = shell_run
-    cache_calls = [c for c in calls if any(m in c for m in ("s2c.sam_embed", "s2c.sam_everything"))]
+    cache_calls = [c for c in calls if any(m in c for m in ("s2c.stages.sam_embed", "s2c.stages.sam_everything"))]
     assert len(cache_calls) == 2
     for c in cache_calls:
         assert json.loads(c[c.index("--cfg") + 1])["num_workers"] == 3
@@ -320,7 +320,7 @@ def test_dag_augment_typo_in_process():
 # ================================================================================= cache
 def _embed_store(tmp_path):
     from s2c.sam.cache import PartWriter, make_identity
-    from s2c.sam_embed import embed_settings
+    from s2c.stages.sam_embed import embed_settings
 
     w = PartWriter(tmp_path / "e.part0.zarr", make_identity("embed", "vit_test", "x", embed_settings(), "h"),
                    ["a", "b"], 0, 1)
@@ -372,7 +372,7 @@ def _damage(store: Path, array: str, how: str):
 @pytest.mark.parametrize("kind,array,how,needle", CACHE_ROWS, ids=[f"{k}-{a}-{h}" for k, a, h, _ in CACHE_ROWS])
 def test_cache_damage_is_an_error_in_readers_and_verify(tmp_path, capsys, kind, array, how, needle):
     from s2c.sam.cache import EmbeddingReader, SEMapReader, join_parts, verify
-    from s2c.sam_cache import main
+    from s2c.stages.sam_cache import main
 
     store = _embed_store(tmp_path) if kind == "embed" else _se_store(tmp_path)
     manifest = tmp_path / f"{kind}.json"
@@ -451,8 +451,8 @@ def test_rerun_forced_train_seg_retrains_and_writes_every_output(synthetic_voc, 
     checkpoint: it must train again and write both (before: losses.png missing → Snakemake
     deleted model.pt)."""
     from s2c.data import open_dataset
-    from s2c.eval_seg import save_palette_png
-    from s2c.train_seg import train_seg
+    from s2c.stages.eval_seg import save_palette_png
+    from s2c.stages.train_seg import train_seg
 
     data_cfg = {"kind": "voc", "root": str(synthetic_voc)}
     ds = open_dataset(data_cfg, "train")
@@ -478,7 +478,7 @@ CAM_TINY = {"ablation": "baseline", "backbone": "efficientnet_lite0", "pretraine
 
 def test_rerun_forced_train_cam_retrains(synthetic_voc, tmp_path, caplog):
     """`snakemake -R train_cam` after a code change must train, not 'resume' the finished run."""
-    from s2c.train_cam import train_cam
+    from s2c.stages.train_cam import train_cam
 
     data_cfg = {"kind": "voc", "root": str(synthetic_voc)}
     out = tmp_path / "cam"
@@ -497,7 +497,7 @@ def test_rerun_forced_train_cam_retrains(synthetic_voc, tmp_path, caplog):
 # ================================================================================= misc
 def test_misc_corrupt_image_points_to_data_skip_corrupt(tmp_path):
     from s2c.sam.cache import PartWriter, make_identity
-    from s2c.sam_embed import embed_settings, handle_corrupt
+    from s2c.stages.sam_embed import embed_settings, handle_corrupt
 
     w = PartWriter(tmp_path / "e.zarr", make_identity("embed", "vit_test", "x", embed_settings(), "h"), ["a"], 0, 1)
     with pytest.raises(S2CError, match=r"data\.skip_corrupt: true") as e:
@@ -578,7 +578,7 @@ def test_misc_truncated_checkpoint_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("what", ["missing", "partial", "not-a-cache"])
 def test_cache_verify_of_a_wrong_path_is_one_line(tmp_path, capsys, what):
-    from s2c.sam_cache import main
+    from s2c.stages.sam_cache import main
 
     target = tmp_path / "embed.part0.zarr"
     if what == "partial":
@@ -618,7 +618,7 @@ def test_cache_resumed_writer_stores_an_all_zero_embedding(tmp_path):
     """A resumed part job reopens its arrays: they must still store chunks equal to the fill value,
     or the presence check would call the image deleted."""
     from s2c.sam.cache import EmbeddingReader, PartWriter, make_identity
-    from s2c.sam_embed import embed_settings
+    from s2c.stages.sam_embed import embed_settings
 
     ident = make_identity("embed", "vit_test", "x", embed_settings(), "h")
     w = PartWriter(tmp_path / "e.zarr", ident, ["a", "b"], 0, 1)

@@ -1,7 +1,7 @@
 """Dataset fuzzing: one mutation of a tiny VOC or COCO dataset (an entry's key dropped or of the
 wrong type, duplicate ids, an annotation of a missing image, a missing / 0-byte / truncated / grey /
 CMYK / 16-bit / EXIF-rotated image, a mask of another size or with unknown ids, an empty split)
-run through the DAG build's dataset check (``s2c.prepare.check_layout(quick=True)``, what
+run through the DAG build's dataset check (``s2c.stages.prepare.check_layout(quick=True)``, what
 workflow/rules/prepare.smk runs), ``open_dataset`` and what the first jobs read (every image,
 label and GT map).
 
@@ -33,7 +33,7 @@ from PIL import Image
 from s2c.classes import COCO80_IDS
 from s2c.data import open_dataset
 from s2c.errors import S2CError
-from s2c.prepare import check_layout
+from s2c.stages.prepare import check_layout
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = 40
@@ -391,7 +391,7 @@ def test_eval_coco_stops_at_the_dag_build(tmp_path, breakage, needle):
               "--configfile", str(cfg))
     text = out.stdout + out.stderr
     assert out.returncode != 0, text
-    assert "dataset check (python -m s2c.prepare" in text and needle in text, text
+    assert "dataset check (s2c prepare" in text and needle in text, text
     assert "sam_embed" not in text and "Traceback" not in text, text
 
 

@@ -1,5 +1,5 @@
 """infer_cam on the synthetic VOC fixture with a random classifier; eval_cam → pseudo_labels →
-eval_labels CLIs end to end; figures; error paths."""
+eval_pseudo CLIs end to end; figures; error paths."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from s2c import eval_cam, eval_labels, figures, infer_cam, pseudo_labels
+from s2c.stages import eval_cam, eval_pseudo, figures, infer_cam, pseudo_labels
 from s2c.data import open_dataset
 from s2c.errors import S2CError
 from s2c.io import save_label_png
-from s2c.infer_cam import CAMStore, infer_cams, multiscale_cams
+from s2c.stages.infer_cam import CAMStore, infer_cams, multiscale_cams
 
 CAM_CFG = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 32, "freeze_bn": False}
 # few/small scales keep the random model cheap on the shared CPU; the multi-scale path is the same
@@ -108,7 +108,7 @@ def test_end_to_end_clis(model_file, data_cfg, tmp_path, capsys):
     with Image.open(pl / f"{ds.ids[0]}.png") as im:
         assert im.mode == "P" and im.size[::-1] == ds.load_image(ds.ids[0]).shape[:2]
     lab_json = tmp_path / "metrics" / "pseudo_val.json"
-    assert eval_labels.main(["--pred", str(pl), "--data-cfg", dc, "--split", "val", "--out", str(lab_json),
+    assert eval_pseudo.main(["--pred", str(pl), "--data-cfg", dc, "--split", "val", "--out", str(lab_json),
                              "--bar", str(tmp_path / "pl_bar.png"), "--no-progress"]) == 0
     r2 = json.loads(lab_json.read_text())
     assert set(r2) == {"miou", "iou", "n_images", "floors", "above_floor"}  # no threshold: a label folder has none
@@ -148,7 +148,7 @@ def test_missing_gt_names_the_file(data_cfg, synthetic_voc, tmp_path):
     gt_file = ds.gt_dir / f"{ds.ids[1]}.png"
     gt_file.unlink()
     with pytest.raises(S2CError, match=str(gt_file)):
-        eval_labels.evaluate_labels(pred, cfg, "val", tmp_path / "m.json", progress=False)
+        eval_pseudo.evaluate_labels(pred, cfg, "val", tmp_path / "m.json", progress=False)
 
 
 def test_missing_prediction_and_cli_exit_code(data_cfg, tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_missing_prediction_and_cli_exit_code(data_cfg, tmp_path, capsys):
     pred.mkdir()
     save_label_png(np.zeros(ds.load_image(ds.ids[0]).shape[:2], np.uint8), pred / f"{ds.ids[0]}.png")
     with pytest.raises(SystemExit) as e:
-        eval_labels.main(["--pred", str(pred), "--data-cfg", json.dumps(data_cfg), "--split", "val",
+        eval_pseudo.main(["--pred", str(pred), "--data-cfg", json.dumps(data_cfg), "--split", "val",
                           "--out", str(tmp_path / "m.json"), "--no-progress"])
     assert e.value.code == 2
     err = capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_infer_cam_errors(model_file, data_cfg, tmp_path):
 
 
 def test_training_long_side_range_from_model_meta():
-    from s2c.infer_cam import training_long_side_range
+    from s2c.stages.infer_cam import training_long_side_range
 
     assert training_long_side_range({"cam_cfg": {"augment": {"resize_long": [256, 384], "crop_size": 256}}}) == (256, 384)
     assert training_long_side_range({"cam_cfg": {"augment": {}}}) == (256, 512)  # the reference default

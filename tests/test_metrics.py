@@ -136,7 +136,7 @@ def test_read_metrics_errors(tmp_path):
 
 
 def test_summary_tsv_puts_metrics_side_by_side(tmp_path):
-    from s2c.summary import main
+    from s2c.stages.summary import main
 
     for name, v in (("cam_train", 50.0), ("seg_val", 40.0)):
         (tmp_path / f"{name}.json").write_text(json.dumps(
@@ -197,7 +197,7 @@ def test_floor_verdict_flags_results_below_the_floor():
 def test_summary_shows_floor_and_below_floor_mark(tmp_path, capsys):
     import json
 
-    from s2c.summary import main
+    from s2c.stages.summary import main
 
     m = {"miou": 10.0, "iou": {"background": 50.0, "cat": 5.0}, "threshold": 0.3,
          "floors": {"centre_prior": {"miou": 16.1, "threshold": 0.3}, "all_labelled": {"miou": 11.4, "threshold": 0.05}},

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from s2c import predict as predict_stage
+from s2c.stages import predict as predict_stage
 from s2c.errors import S2CError
-from s2c.eval_seg import eval_seg
+from s2c.stages.eval_seg import eval_seg
 from s2c.models import build_classifier, build_deeplab
 from s2c.models.classifier import cam_checkpoint
-from s2c.train_seg import resolve_cfg
+from s2c.stages.train_seg import resolve_cfg
 
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "head": "v3plus"}
 
@@ -134,7 +134,7 @@ def voc_test_split(synthetic_voc, tmp_path_factory):
 
 
 def test_voc_test_split_gives_the_server_layout(seg_model, voc_test_split, tmp_path, capsys):
-    from s2c.eval_seg import main
+    from s2c.stages.eval_seg import main
 
     root, ids = voc_test_split
     data = json.dumps({"kind": "voc", "root": str(root), "class_set": "voc20"})

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from s2c import probe_cam as pc
-from s2c import train_cam as tc
+from s2c.stages import probe_cam as pc
+from s2c.stages import train_cam as tc
 from s2c.data import open_dataset
 from s2c.errors import S2CError
 from s2c.models import CAMClassifier, build_classifier, read_cam_checkpoint

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from s2c import pseudo_labels
+from s2c.stages import pseudo_labels
 from s2c.data import open_dataset
 from s2c.errors import S2CError
-from s2c.eval_labels import evaluate_labels
-from s2c.infer_cam import write_cam_store
-from s2c.pseudo_labels import make_pseudo_labels
+from s2c.stages.eval_pseudo import evaluate_labels
+from s2c.stages.infer_cam import write_cam_store
+from s2c.stages.pseudo_labels import make_pseudo_labels
 
 SPLIT = "val"
 
@@ -151,7 +151,7 @@ def test_cli_error_exit(gt_store, data_cfg, tmp_path, capsys):
 
 def test_eval_cam_on_a_subset_split_of_the_store(data_cfg, tmp_path):
     """The workflow evaluates the train_aug store on train (⊂ train_aug): exact GT CAMs → 100 mIoU."""
-    from s2c.eval_cam import evaluate_cams
+    from s2c.stages.eval_cam import evaluate_cams
 
     ds = open_dataset(data_cfg, "train_aug")
     store = tmp_path / "cams_aug.h5"

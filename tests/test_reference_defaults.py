@@ -50,7 +50,7 @@ REFERENCE = [
 ]
 
 # (key path, s2c's default, the authors' value, why s2c departs): keys whose default is a deliberate,
-# explained departure with a switch to the reference's behaviour (s2c.train_cam documents each;
+# explained departure with a switch to the reference's behaviour (s2c.stages.train_cam documents each;
 # bench/reference_parity.py shows the step equal to the reference's with all four set)
 EXPLAINED_DEPARTURES = [
     (("ssc", "absent_prototypes"), False, True,

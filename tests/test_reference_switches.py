@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from torchvision.transforms import Normalize
 
-from s2c import train_cam as tc
+from s2c.stages import train_cam as tc
 from s2c.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize_255, normalize
 from s2c.errors import S2CError
 from s2c.losses import cpm_pseudo_label, find_peaks, find_peaks_reference, ssc_loss

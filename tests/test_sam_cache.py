@@ -28,8 +28,8 @@ from s2c.sam.cache import (
     partial_path,
     verify,
 )
-from s2c.sam_embed import RANDOM_CHECKPOINT, embed_settings, run_sam_embed
-from s2c.sam_everything import run_sam_everything
+from s2c.stages.sam_embed import RANDOM_CHECKPOINT, embed_settings, run_sam_embed
+from s2c.stages.sam_everything import run_sam_everything
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -52,7 +52,7 @@ def cli(module: str, *args: str) -> list[str]:
     return [PY, "-m", module, *args]
 
 def embed_args(root: Path, split: str, part: int, parts: int, out: Path, cfg: dict = EMBED_CFG) -> list[str]:
-    return cli("s2c.sam_embed", "--data-cfg", json.dumps(data_cfg(root)), "--split", split, "--part", str(part),
+    return cli("s2c.stages.sam_embed", "--data-cfg", json.dumps(data_cfg(root)), "--split", split, "--part", str(part),
                "--parts", str(parts), "--out", str(out), "--cfg", json.dumps(cfg), "--device", "cpu")
 
 def test_part_ids_cover_each_id_once():
@@ -77,9 +77,9 @@ def test_two_parts_in_parallel_then_join_round_trip(synthetic_voc, tmp_path):
     assert not any(partial_path(o).exists() for o in outs)
     man = tmp_path / "embed.json"
     # part order on the command line does not matter
-    subprocess.run(cli("s2c.sam_cache", "join", "--kind", "embed", "--parts", str(outs[1]), str(outs[0]),
+    subprocess.run(cli("s2c.stages.sam_cache", "join", "--kind", "embed", "--parts", str(outs[1]), str(outs[0]),
                        "--out", str(man)), check=True, cwd=REPO)
-    res = subprocess.run(cli("s2c.sam_cache", "verify", str(man), "--quiet"), cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(cli("s2c.stages.sam_cache", "verify", str(man), "--quiet"), cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr
 
     ds = open_dataset(data_cfg(synthetic_voc), "val")

@@ -11,7 +11,8 @@ import pytest
 
 from s2c.classes import VOC20
 from s2c.data import open_dataset
-from s2c.data.synthetic import APPEARANCE, DEFAULT_CLASSES, main, make_synthetic_voc
+from s2c.data.synthetic import APPEARANCE, DEFAULT_CLASSES, make_synthetic_voc
+from s2c.stages.make_synthetic_data import main
 from s2c.errors import S2CError
 
 

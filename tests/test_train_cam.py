@@ -21,7 +21,7 @@ from s2c.data.transforms import Geometry
 from s2c.errors import S2CError
 from s2c.models.classifier import CAMClassifier
 from s2c.sam.cache import EmbeddingReader, PartWriter, SEMapReader, make_identity
-from s2c import train_cam as tc
+from s2c.stages import train_cam as tc
 
 SMALL_AUG = {"resize_long": [64, 96], "crop_size": 64}
 
@@ -52,7 +52,7 @@ def tiny_model(C=20, seed=0):
 @pytest.fixture(scope="module")
 def caches(synthetic_voc, tmp_path_factory):
     """vit_test embeddings of the synthetic train split + SE maps from its GT connected components."""
-    from s2c.sam_embed import RANDOM_CHECKPOINT, run_sam_embed
+    from s2c.stages.sam_embed import RANDOM_CHECKPOINT, run_sam_embed
 
     d = tmp_path_factory.mktemp("caches")
     dcfg = {"kind": "voc", "root": str(synthetic_voc), "class_set": "voc20", "cache_dir": str(d / "dc")}

@@ -13,8 +13,8 @@ import torch
 from s2c.data import open_dataset
 from s2c.data.seg_train import PseudoLabelDataset, SegAugment, check_label_dir
 from s2c.errors import S2CError
-from s2c.eval_seg import save_palette_png
-from s2c.train_seg import main, resolve_cfg, seg_loss, train_seg
+from s2c.stages.eval_seg import save_palette_png
+from s2c.stages.train_seg import main, resolve_cfg, seg_loss, train_seg
 
 # Tiny and CPU-fast: random-init EfficientNet-Lite0, 64 px crops, no workers (deterministic).
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_stride": 16, "head": "v3plus",

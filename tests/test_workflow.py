@@ -52,7 +52,7 @@ def _with_fake_inputs(tmp_path, configfile):
     for f in lists:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("a\n" if cfg["data"]["kind"] == "voc" else COCO_STAND_IN)
-    # what the DAG-time layout check (s2c.prepare, quick) looks for: one listed image and its mask
+    # what the DAG-time layout check (s2c.stages.prepare, quick) looks for: one listed image and its mask
     if cfg["data"]["kind"] == "voc":
         stand_ins = ["JPEGImages/a.jpg", "SegmentationClass/a.png"]
     else:
@@ -164,7 +164,7 @@ def test_vit_h_default_checkpoint_and_sam_section_reach_the_rules(tmp_path):
               "--config", f"weights_dir={weights}", "sam={model_type: vit_h, checkpoint: null, num_workers: 3}")
     text = out.stdout + out.stderr
     assert str(weights / "sam_vit_h_4b8939.pth") in text, text
-    embed = json.loads(_shell_arg(text, "s2c.sam_embed", "--cfg"))
-    everything = json.loads(_shell_arg(text, "s2c.sam_everything", "--cfg"))
+    embed = json.loads(_shell_arg(text, "s2c.stages.sam_embed", "--cfg"))
+    everything = json.loads(_shell_arg(text, "s2c.stages.sam_everything", "--cfg"))
     assert set(embed) == set(SAM_EMBED_DEFAULTS) and set(everything) == set(SAM_EVERYTHING_DEFAULTS)
     assert embed["num_workers"] == everything["num_workers"] == 3 and embed["model_type"] == "vit_h"

@@ -21,7 +21,6 @@ CLI: ``python -m s2c.data.synthetic --root DIR --n-train 48 --n-val 16 --size 19
 
 from __future__ import annotations
 
-import argparse
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..classes import VOC20, voc_palette
-from ..errors import S2CError, cli_main
+from ..errors import S2CError
 from ..io import atomic_path
 
 # class name → (shape, RGB colour, texture). Shapes and textures are chosen to be mutually distinct.
@@ -260,23 +259,3 @@ def make_synthetic_voc(
         (sets / "train_aug.txt").write_text("".join(f"{i}\n" for i in lists["train"] + lists["aug"]))
         (tmp / MARKER).write_text(json.dumps(params, indent=1) + "\n")
     return root
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("--root", type=Path, required=True, help="output dataset folder (created/replaced)")
-    p.add_argument("--n-train", type=int, default=48)
-    p.add_argument("--n-val", type=int, default=16)
-    p.add_argument("--n-aug", type=int, default=0, help="extra train_aug-only images")
-    p.add_argument("--size", type=int, default=192, help="long side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES), help="comma-separated VOC class names")
-    a = p.parse_args(argv)
-    make_synthetic_voc(a.root, a.n_train, a.n_val, a.size, a.seed, tuple(c.strip() for c in a.classes.split(",") if c.strip()), a.n_aug)
-    print(f"wrote synthetic VOC dataset to {a.root}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -394,7 +394,7 @@ def load_cache_info(path: str | os.PathLike) -> dict:
         except (OSError, ValueError) as e:
             raise S2CError(f"cannot read SAM cache manifest {path} ({e}); rerun the sam_cache join rule") from None
         if man.get("format") != MANIFEST_FORMAT:
-            raise S2CError(f"{path} is not an s2c SAM cache manifest; pass the output of `python -m s2c.sam_cache join`")
+            raise S2CError(f"{path} is not an s2c SAM cache manifest; pass the output of `s2c sam_cache join`")
         info = {k: man.get(k) for k in IDENTITY_KEYS}
         info["parts"] = [{"path": (path.parent / p["path"]).resolve(), "ids": p["ids"]} for p in man["parts"]]
         info["skipped"] = man.get("skipped", [])
@@ -527,7 +527,7 @@ class _CacheReader:
         return S2CError(
             f"SAM cache store {where}, image {id_}: {what}; the store is damaged — delete it and rerun its "
             f"{'sam_embed' if self.kind == 'embed' else 'sam_everything'} job "
-            f"(`python -m s2c.sam_cache verify {self.path}` checks every image)"
+            f"(`s2c sam_cache verify {self.path}` checks every image)"
         )
 
     def _read(self, id_: str, arr, sel):

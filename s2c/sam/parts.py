@@ -1,4 +1,4 @@
-"""What the two SAM cache part jobs (:mod:`s2c.sam_embed`, :mod:`s2c.sam_everything`) share.
+"""What the two SAM cache part jobs (:mod:`s2c.stages.sam_embed`, :mod:`s2c.stages.sam_everything`) share.
 
 Part ``K`` of ``N`` of a split (:func:`open_part`), its images decoded in DataLoader workers with a
 corrupt image reported instead of raised (:func:`iter_images`, :func:`handle_corrupt`), the

@@ -34,7 +34,7 @@ rule ablation_probe_cam:
         probe=lambda wc: as_json({**(PROBE or {}), "seed": int(wc.seed)}),
         split=SPLITS["train"],
     shell:
-        "python -m s2c.gpu_slot python -m s2c.probe_cam --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c --gpu-slot probe_cam --data-cfg {params.data:q} --split {params.split:q}"
         " --cfg {params.cfg:q} --probe {params.probe:q} --out {output.model:q}"
         " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -71,7 +71,7 @@ rule ablation_train_cam:
         embed=lambda wc, input: flag_args("--embed-manifest", input.embed),
         se=lambda wc, input: flag_args("--se-manifest", input.se),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c --gpu-slot train_cam --data-cfg {params.data:q} --split {params.split:q}"
         " {params.embed:q} {params.se:q} --out {params.out:q} --weights-dir {params.weights:q}"
         " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -100,7 +100,7 @@ rule ablation_infer_cam:
         cfg=as_json(config["infer_cam"]),
         split=SPLITS["train"],
     shell:
-        "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model:q} --data-cfg {params.data:q}"
+        "s2c --gpu-slot infer_cam --model {input.model:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
         " --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
 
@@ -123,7 +123,7 @@ rule ablation_eval_cam:
         cfg=as_json(config["eval_cam"]),
         split=SPLITS["cam_eval"],
     shell:
-        "python -m s2c.eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
         " --out {output.metrics:q} --cfg {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -148,7 +148,7 @@ rule ablation_pseudo_labels:
         split=SPLITS["train"],
         se=lambda wc, input: flag_args("--se-manifest", input.se),
     shell:
-        "python -m s2c.pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
+        "s2c pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
         " --data-cfg {params.data:q} --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
         " {params.se:q} > {log:q} 2>&1"
 
@@ -170,7 +170,7 @@ rule ablation_eval_pseudo:
         data=DATA_CFG,
         split=SPLITS["cam_eval"],
     shell:
-        "python -m s2c.eval_labels --pred {input.pred:q} --data-cfg {params.data:q}"
+        "s2c eval_pseudo --pred {input.pred:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -200,7 +200,7 @@ rule ablation_train_seg:
         split=SPLITS["train"],
         out=lambda wc, output: os.path.dirname(output.model),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c --gpu-slot train_seg --data-cfg {params.data:q} --split {params.split:q}"
         " --labels {input.labels:q} --out {params.out:q} --cfg {params.cfg:q}"
         " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -228,7 +228,7 @@ rule ablation_eval_seg:
         cfg=as_json(config["eval_seg"]),
         split=SPLITS["val"],
     shell:
-        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
+        "s2c --gpu-slot eval_seg --model {input.model:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
         " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
 
@@ -255,5 +255,5 @@ rule ablations:
         runs=[f"{ABL_DIR}/{row}/seed{seed}" for row in ABL_ROWS for seed in ABL["seeds"]],
         command=" ".join(["snakemake", *sys.argv[1:]]),
     shell:
-        "python -m s2c.ablation_table --runs {params.runs:q} --out {output:q}"
+        "s2c ablations --runs {params.runs:q} --out {output:q}"
         " --command {params.command:q} 2>&1 | tee {log:q}"

@@ -42,7 +42,7 @@ rule train_cam:
         embed=lambda wc, input: flag_args("--embed-manifest", input.embed),
         se=lambda wc, input: flag_args("--se-manifest", input.se),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_cam --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c --gpu-slot train_cam --data-cfg {params.data:q} --split {params.split:q}"
         " {params.embed:q} {params.se:q} --out {params.out:q} --weights-dir {params.weights:q}"
         " --cfg {params.cfg:q} --sam-cfg {params.sam:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -72,7 +72,7 @@ rule infer_cam:
         data=DATA_CFG,
         cfg=as_json(config["infer_cam"]),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.infer_cam --model {input.model:q} --data-cfg {params.data:q}"
+        "s2c --gpu-slot infer_cam --model {input.model:q} --data-cfg {params.data:q}"
         " --split {wildcards.split:q} --out {output:q} --cfg {params.cfg:q}"
         " --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
 
@@ -103,5 +103,5 @@ rule eval_cam:
         cfg=as_json(config["eval_cam"]),
         split=SPLITS["cam_eval"],
     shell:
-        "python -m s2c.eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
         " --out {output.metrics:q} --cfg {params.cfg:q} --bar {output.bar:q} > {log:q} 2>&1"

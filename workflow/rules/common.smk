@@ -12,7 +12,7 @@ from s2c.sam.everything import decodes_cached_embedding, settings_tag
 from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, resolve_sections
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 
-# Jobs run `python -m s2c.<stage>` with the interpreter that runs Snakemake, so
+# Jobs run `s2c <stage>` (the console script beside the interpreter that runs Snakemake), so
 # `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 RESULTS = f"results/{config['run']}"

@@ -22,7 +22,7 @@ if config["synthetic"]["enabled"]:
             size=config["synthetic"]["size"],
             seed=config["synthetic"]["seed"],
         shell:
-            "python -m s2c.data.synthetic --root {params.root:q} --n-train {params.n_train:q}"
+            "s2c make_synthetic_data --root {params.root:q} --n-train {params.n_train:q}"
             " --n-val {params.n_val:q} --size {params.size:q} --seed {params.seed:q}"
             " > {log:q} 2>&1"
 
@@ -42,7 +42,7 @@ rule fetch_mobile_sam:
     params:
         weights=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "python -m s2c.weights --weights-dir {params.weights:q} --mobile-sam > {log:q} 2>&1"
+        "s2c fetch_weights --weights-dir {params.weights:q} --mobile-sam > {log:q} 2>&1"
 
 
 rule fetch_efficientnet_lite0:
@@ -60,4 +60,4 @@ rule fetch_efficientnet_lite0:
     params:
         weights=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "python -m s2c.weights --weights-dir {params.weights:q} --efficientnet-lite0 > {log:q} 2>&1"
+        "s2c fetch_weights --weights-dir {params.weights:q} --efficientnet-lite0 > {log:q} 2>&1"

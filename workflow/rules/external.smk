@@ -23,7 +23,7 @@ rule import_cams:
         split=SPLITS["train"],
         fmt=lambda wc: import_flags(T5_SOURCES[wc.source]),
     shell:
-        "python -m s2c.import_cams cams --source {input.source:q} {params.fmt:q} --data-cfg {params.data:q}"
+        "s2c import_cams cams --source {input.source:q} {params.fmt:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out {output:q} --no-progress > {log:q} 2>&1"
 
 
@@ -66,7 +66,7 @@ if EXTERNAL["pseudo"]:
             data=DATA_CFG,
             split=SPLITS["train"],
         shell:
-            "python -m s2c.import_cams pseudo --source {input.source:q} --data-cfg {params.data:q}"
+            "s2c import_cams pseudo --source {input.source:q} --data-cfg {params.data:q}"
             " --split {params.split:q} --out {output:q} --no-progress > {log:q} 2>&1"
 
     ruleorder: import_pseudo > pseudo_labels

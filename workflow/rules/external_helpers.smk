@@ -45,7 +45,7 @@ def t5_se(wc):
 
 
 def t5_rows():
-    """The --rows JSON of s2c.table5: each source's metrics files and the paper's figures."""
+    """The --rows JSON of s2c.stages.table5: each source's metrics files and the paper's figures."""
     rows = {}
     for s in T5_ROWS:
         src = T5_SOURCES.get(s, {})

@@ -24,7 +24,7 @@ rule figure_cams:
         split=SPLITS["cam_eval"],
         n=6,
     shell:
-        "python -m s2c.figures cams --cams {input.cams:q} --data-cfg {params.data:q}"
+        "s2c figures cams --cams {input.cams:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -56,5 +56,5 @@ rule figure_labels:
         split=lambda wc: SPLITS["cam_eval"] if wc.kind == "pseudo" else SPLITS["val"],
         n=6,
     shell:
-        "python -m s2c.figures labels --pred {input.pred:q} --title {wildcards.kind:q}"
+        "s2c figures labels --pred {input.pred:q} --title {wildcards.kind:q}"
         " --data-cfg {params.data:q} --split {params.split:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-# Dataset layout check (s2c.prepare), included before every other rule file:
+# Dataset layout check (s2c.stages.prepare), included before every other rule file:
 # 1. when the DAG is built, before any job: the folders, lists (VOC) or json entries (COCO, the
 #    image list cached per edit of the json), every image file, and the user-supplied weights; a
 #    problem stops Snakemake with what is missing and where to get it;
@@ -8,7 +8,7 @@ import json
 
 from snakemake.exceptions import WorkflowError
 
-from s2c.prepare import check_layout, format_problems, layout_inputs, refuse_target
+from s2c.stages.prepare import check_layout, format_problems, layout_inputs, refuse_target
 from s2c.weights import sam_checkpoint_path
 
 KIND = config["data"]["kind"]
@@ -38,7 +38,7 @@ if not config["synthetic"]["enabled"]:
         pretrained=PREPARE_PRETRAINED,
     )
     if not _layout["ok"]:
-        raise WorkflowError(f"dataset check (python -m s2c.prepare; see config/README.md): {format_problems(_layout)}")
+        raise WorkflowError(f"dataset check (s2c prepare; see config/README.md): {format_problems(_layout)}")
 
 
 rule:
@@ -71,7 +71,7 @@ rule:
         ),
         pretrained=["--pretrained", *PREPARE_PRETRAINED] if PREPARE_PRETRAINED else [],
     shell:
-        "python -m s2c.prepare --data-cfg {params.data:q} --train {params.train:q}"
+        "s2c prepare --data-cfg {params.data:q} --train {params.train:q}"
         " --eval {params.evals:q} --sam-model-type {params.sam_type:q}"
         " {params.sam_ckpt:q} {params.pretrained:q}"
         " --out {output:q} > {log:q} 2>&1"

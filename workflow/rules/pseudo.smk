@@ -24,7 +24,7 @@ rule pseudo_labels:
         split=SPLITS["train"],
         se=lambda wc, input: flag_args("--se-manifest", input.se),
     shell:
-        "python -m s2c.pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
+        "s2c pseudo_labels --cams {input.cams:q} --threshold-json {input.threshold:q}"
         " --data-cfg {params.data:q} --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
         " {params.se:q} > {log:q} 2>&1"
 
@@ -54,5 +54,5 @@ rule eval_pseudo:
         data=DATA_CFG,
         split=SPLITS["cam_eval"],
     shell:
-        "python -m s2c.eval_labels --pred {input.pred:q} --data-cfg {params.data:q}"
+        "s2c eval_pseudo --pred {input.pred:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out {output.metrics:q} --bar {output.bar:q} > {log:q} 2>&1"

@@ -29,7 +29,7 @@ rule sam_embed:
         cfg=sam_embed_cfg(),
         parts=len(PARTS),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.sam_embed --data-cfg {params.data:q} --split {wildcards.split:q}"
+        "s2c --gpu-slot sam_embed --data-cfg {params.data:q} --split {wildcards.split:q}"
         " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
         " --weights-dir {params.weights:q} --cfg {params.cfg:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -63,7 +63,7 @@ rule sam_everything:
         parts=len(PARTS),
         embed=lambda wc, input: flag_args("--embed-store", input.embed),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.sam_everything --data-cfg {params.data:q} --split {wildcards.split:q}"
+        "s2c --gpu-slot sam_everything --data-cfg {params.data:q} --split {wildcards.split:q}"
         " --part {wildcards.part:q} --parts {params.parts:q} --out {output:q}"
         " --weights-dir {params.weights:q} --cfg {params.cfg:q} --device {params.device:q} {params.embed:q} > {log:q} 2>&1"
 
@@ -88,4 +88,4 @@ rule sam_cache_join:
     params:
         kind=lambda wc: wc.kind.split("-")[0],  # se-<tag> → se
     shell:
-        "python -m s2c.sam_cache join --kind {params.kind:q} --parts {input:q} --out {output:q} > {log:q} 2>&1"
+        "s2c sam_cache join --kind {params.kind:q} --parts {input:q} --out {output:q} > {log:q} 2>&1"

@@ -32,7 +32,7 @@ rule train_seg:
         split=SPLITS["train"],
         out=lambda wc, output: os.path.dirname(output.model),
     shell:
-        "python -m s2c.gpu_slot python -m s2c.train_seg --data-cfg {params.data:q} --split {params.split:q}"
+        "s2c --gpu-slot train_seg --data-cfg {params.data:q} --split {params.split:q}"
         " --labels {input.labels:q} --out {params.out:q} --cfg {params.cfg:q}"
         " --weights-dir {params.weights:q} --device {params.device:q} > {log:q} 2>&1"
 
@@ -63,7 +63,7 @@ rule eval_seg:
         split=SPLITS["val"],
         submission=[],  # the server archive's flag (splits.test: eval_seg_test)
     shell:
-        "python -m s2c.gpu_slot python -m s2c.eval_seg --model {input.model:q} --data-cfg {params.data:q}"
+        "s2c --gpu-slot eval_seg --model {input.model:q} --data-cfg {params.data:q}"
         " --split {params.split:q} --out-json {output.metrics:q} --out-dir {output.pred:q}"
         " --cfg {params.cfg:q} --device {params.device:q} --weights-dir {params.weights:q}"
         " {params.submission:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule gt_labels:
         data=DATA_CFG,
         split=SPLITS["train"],
     shell:
-        "python -m s2c.gt_labels --data-cfg {params.data:q} --split {params.split:q} --out {output:q} > {log:q} 2>&1"
+        "s2c gt_labels --data-cfg {params.data:q} --split {params.split:q} --out {output:q} > {log:q} 2>&1"
 
 
 use rule train_seg as train_seg_gt with:
@@ -63,4 +63,4 @@ rule seg_ceiling:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m s2c.summary {input:q} --tsv {output:q} 2>&1 | tee {log:q}"
+        "s2c summary {input:q} --tsv {output:q} 2>&1 | tee {log:q}"

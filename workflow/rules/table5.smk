@@ -110,8 +110,8 @@ rule table5:
         rows=as_json(t5_rows()),
         title=f"s2c run {config['run']}: pseudo-label mIoU (%) per CAM source and refinement (the paper's Table 5)",
     shell:
-        "python -m s2c.table5 --rows {params.rows:q} --out {output.tsv:q} 2>&1 | tee {log:q}"
-        " && python -m s2c.report_table {output.tsv:q} --title {params.title:q} --out {output.html:q} >> {log:q} 2>&1"
+        "s2c table5 --rows {params.rows:q} --out {output.tsv:q} 2>&1 | tee {log:q}"
+        " && s2c report_table {output.tsv:q} --title {params.title:q} --out {output.html:q} >> {log:q} 2>&1"
 
 
 # Predictions of a split without GT (splits.test, e.g. VOC test) in the evaluation server's layout.

@@ -1,4 +1,4 @@
-"""Stage ``pseudo_labels``: CAMs → pixel pseudo-labels (palette PNGs), with an optional refinement (METHOD.md §7).
+"""CAMs → pixel pseudo-labels (palette PNGs), with an optional refinement (METHOD.md §7).
 
 - ``none``: argmax over [t; CAMs] with the background threshold t (eval_cam's searched value
   from ``--threshold-json``, or ``threshold`` fixed in the config, which takes precedence);
@@ -20,7 +20,7 @@ temporary sibling and renamed, so it is either complete or absent.
 
 CLI::
 
-    python -m s2c.pseudo_labels --cams cams_train.h5 --threshold-json cam_train.json \
+    s2c pseudo_labels --cams cams_train.h5 --threshold-json cam_train.json \
         --data-cfg '{...}' --split train --out pseudo/ --cfg '{"refine": "sam"}' --se-manifest se.json
 """
 
@@ -29,22 +29,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from .cam_store import CAMStore
-from .cli import parse_json_arg
-from .data import open_dataset
-from .errors import S2CError, cli_main
-from .io import atomic_path, save_label_png
-from .metrics import read_metrics
-from .refine import cams_to_label
-from .refine.crf import alpha_for_threshold, crf_label, require_densecrf
-from .refine.sam_post import sam_refine
-from .sam.cache import SEMapReader
-from .sections import PSEUDO_DEFAULTS as DEFAULTS
-from .sections import REFINEMENTS
-from .sections import resolve_pseudo as resolve_cfg
+from ..cam_store import CAMStore
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..errors import S2CError, cli_main
+from ..io import atomic_path, save_label_png
+from ..metrics import read_metrics
+from ..refine import cams_to_label
+from ..refine.crf import alpha_for_threshold, crf_label, require_densecrf
+from ..refine.sam_post import sam_refine
+from ..sam.cache import SEMapReader
+from ..sections import PSEUDO_DEFAULTS as DEFAULTS
+from ..sections import REFINEMENTS
+from ..sections import resolve_pseudo as resolve_cfg
 
 __all__ = ["DEFAULTS", "REFINEMENTS", "resolve_cfg", "resolve_threshold", "make_pseudo_labels", "main"]
 
@@ -119,7 +118,7 @@ def make_pseudo_labels(cams: str | Path, data_cfg: dict, split: str, out: str | 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.pseudo_labels", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c pseudo_labels", description=__doc__.split("\n")[0])
     p.add_argument("--cams", type=Path, required=True, help="CAM store written by infer_cam")
     p.add_argument("--threshold-json", type=Path, default=None,
                    help="eval_cam JSON whose 'threshold' is used (unless the config fixes one)")

@@ -1,4 +1,4 @@
-"""Stage ``predict``: a trained segmentation model (and, on request, the CAM classifier) on a folder of new images.
+"""A trained segmentation model (and, on request, the CAM classifier) on a folder of new images.
 
 Every image file of ``--images`` (PNG, JPEG and whatever else PIL reads; any size; grey, CMYK,
 palette or alpha; turned upright by its EXIF orientation) gives, in ``--out``:
@@ -16,7 +16,7 @@ are done (atomic), so an interrupted run leaves nothing that looks complete.
 
 CLI::
 
-    python -m s2c.predict --model results/run/seg/model.pt --images photos/ --out predictions/ \
+    s2c predict --model results/run/seg/model.pt --images photos/ --out predictions/ \
         [--scales 0.75 1 1.25 --flip] [--cam-model results/run/cam/model.pt --classes dog person]
 """
 
@@ -32,14 +32,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .classes import class_names as class_set_names
-from .classes import voc_palette
-from .data.transforms import normalize
-from .errors import S2CError, cli_main
-from .inference import load_classifier, load_seg_model, multiscale_cams, predict_probs, read_any_image
-from .io import atomic_path
-from .plots import cam_overlay, colorize
-from .train_utils import select_device
+from ..classes import class_names as class_set_names
+from ..classes import voc_palette
+from ..data.transforms import normalize
+from ..errors import S2CError, cli_main
+from ..inference import load_classifier, load_seg_model, multiscale_cams, predict_probs, read_any_image
+from ..io import atomic_path
+from ..plots import cam_overlay, colorize
+from ..train_utils import select_device
 
 __all__ = ["image_files", "predict_folder", "main"]
 
@@ -123,7 +123,7 @@ def predict_folder(model_path: str | Path, images: str | Path, out: str | Path, 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.predict", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c predict", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="segmentation model.pt written by train_seg")
     p.add_argument("--images", type=Path, required=True, help="folder of image files (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output folder (label PNGs, overlays, predictions.tsv)")

@@ -1,4 +1,4 @@
-"""Stage ``table5``: one line per CAM source — CAM mIoU and the pseudo-label mIoU with each refinement
+"""One line per CAM source — CAM mIoU and the pseudo-label mIoU with each refinement
 (argmax, denseCRF, SAM post-processing), optionally the seg mIoU — beside the paper's Table 5.
 
 The paper's Table 5 compares WSSS methods with and without the SAM-based post-processing of Chen et
@@ -6,12 +6,12 @@ al. 2023; here the sources are the run's own CAMs (row ``main``) and any folder 
 code's CAMs (``table5.sources``), all post-processed by the same code over the same SE cache.
 
 ``--rows`` is JSON ``{name: {"source": text, "cam": json, "pseudo": {refine: json}, "seg": json | null,
-"paper": {"pseudo": %, "pseudo_sam": %, "seg": %}}}`` (metrics JSON paths of eval_cam, eval_labels,
+"paper": {"pseudo": %, "pseudo_sam": %, "seg": %}}}`` (metrics JSON paths of eval_cam, eval_pseudo,
 eval_seg). Writes a TSV (the Snakemake report shows it) and prints the table.
 
 CLI::
 
-    python -m s2c.table5 --rows '{...}' --out results/run/table5/table5.tsv
+    s2c table5 --rows '{...}' --out results/run/table5/table5.tsv
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import csv
 import io
 from pathlib import Path
 
-from .cli import parse_json_arg
-from .errors import S2CError, cli_main
-from .io import atomic_path
-from .metrics import read_metrics
-from .sections import REFINEMENTS
+from ..cli import parse_json_arg
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
+from ..metrics import read_metrics
+from ..sections import REFINEMENTS
 
 __all__ = ["table5_rows", "write_table5", "main"]
 
@@ -83,7 +83,7 @@ def write_table5(rows: dict, out: str | Path) -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.table5", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c table5", description=__doc__.split("\n")[0])
     p.add_argument("--rows", required=True, help="JSON (or @file.json): the sources and their metrics files")
     p.add_argument("--out", type=Path, required=True, help="output TSV")
     a = p.parse_args(argv)

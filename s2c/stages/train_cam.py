@@ -1,9 +1,9 @@
-"""Stage ``train_cam``: the S2C CAM classifier, L = L_CLS + L_SSC + L_CPM (METHOD.md §2, §4, §5).
+"""The S2C CAM classifier, L = L_CLS + L_SSC + L_CPM (METHOD.md §2, §4, §5).
 
-    python -m s2c.train_cam --data-cfg JSON --split train_aug --embed-manifest cache/embed.json \\
+    s2c train_cam --data-cfg JSON --split train_aug --embed-manifest cache/embed.json \\
         --se-manifest cache/se.json --out results/cam --weights-dir weights \\
         --cfg '{}' --sam-cfg '{"model_type": "vit_t"}' --device auto
-    torchrun --nproc_per_node 4 -m s2c.train_cam ...            # DDP, one GPU per process
+    torchrun --nproc_per_node 4 -m s2c.stages.train_cam ...            # DDP, one GPU per process
 
 Outputs in ``--out`` (the convention of :class:`s2c.train_utils.TrainingRun`, shared with
 train_seg): ``last.pt`` (resumable checkpoint, each epoch), ``losses.csv`` (every step, every loss
@@ -152,24 +152,24 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from . import train_utils as tu
-from .cli import parse_json_arg
-from .cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
-from .cpm_diagnostics import FIELDS as DIAG_FIELDS
-from .data import open_dataset
-from .data.cam_train import CAMTrainDataset, collate
-from .data.transforms import Geometry, denormalize, denormalize_255
-from .errors import S2CError, cli_main
-from .io import ensure_writable_dir, sha256_file
-from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, find_peaks_reference,
+from .. import train_utils as tu
+from ..cli import parse_json_arg
+from ..cpm_diagnostics import DIAG_EPOCH, pick_sample, run_diagnostics
+from ..cpm_diagnostics import FIELDS as DIAG_FIELDS
+from ..data import open_dataset
+from ..data.cam_train import CAMTrainDataset, collate
+from ..data.transforms import Geometry, denormalize, denormalize_255
+from ..errors import S2CError, cli_main
+from ..io import ensure_writable_dir, sha256_file
+from ..losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, find_peaks_reference,
                      multiscale_prompt_cams, normalize_cams, oracle_prompts, ssc_loss)
-from .models import build_classifier, cam_checkpoint, read_cam_checkpoint
-from .plots import note_figure, plot_csv
-from .sam import prompt as sam_prompt
-from .sam.build import DEFAULT_MODEL_TYPE, load_sam
-from .sam.cache import EmbeddingReader, SEMapReader
-from .sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
-from .sections import resolve_cam as resolve_cfg
+from ..models import build_classifier, cam_checkpoint, read_cam_checkpoint
+from ..plots import note_figure, plot_csv
+from ..sam import prompt as sam_prompt
+from ..sam.build import DEFAULT_MODEL_TYPE, load_sam
+from ..sam.cache import EmbeddingReader, SEMapReader
+from ..sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
+from ..sections import resolve_cam as resolve_cfg
 
 __all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
            "prompt_batch", "prompting_cams", "cpm_peaks", "cpm_targets", "compute_losses", "init_from", "train_cam", "main"]
@@ -564,7 +564,7 @@ def _diagnostics(model, sam, data, ds, cfg: dict, dev):
 # ---------------------------------------------------------------------------------------- CLI
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.train_cam", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c train_cam", description=__doc__.split("\n")[0])
     p.add_argument("--data-cfg", required=True, help="the config's data section as JSON (or @file.json)")
     p.add_argument("--split", required=True, help="training split, e.g. train_aug")
     p.add_argument("--embed-manifest", type=Path, default=None, help="SAM embedding cache (manifest or store)")

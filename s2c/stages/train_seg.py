@@ -1,4 +1,4 @@
-"""Stage ``train_seg``: the segmentation network (DeepLab V3/V3+) on pseudo-labels (METHOD.md §1 step 3).
+"""The segmentation network (DeepLab V3/V3+) on pseudo-labels (METHOD.md §1 step 3).
 
 Reads the images of a split and ``<labels>/<id>.png`` pseudo-labels (255 = ignore), trains with SGD
 + poly LR (``head_lr_mult``× on the head) and cross-entropy. Outputs in ``--out`` (the convention of
@@ -14,9 +14,9 @@ Config: the ``seg`` section, defaults in :data:`s2c.sections.SEG_TRAIN_DEFAULTS`
 
 Usage::
 
-    python -m s2c.train_seg --data-cfg '{"root": "data/voc"}' --split train_aug \
+    s2c train_seg --data-cfg '{"root": "data/voc"}' --split train_aug \
         --labels out/pseudo/train_aug --out out/seg --cfg '{"epochs": 2}' --device auto
-    torchrun --nproc_per_node 4 -m s2c.train_seg ...   # DDP, one process per GPU
+    torchrun --nproc_per_node 4 -m s2c.stages.train_seg ...   # DDP, one process per GPU
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from . import train_utils as tu
-from .cli import parse_json_arg
-from .data import open_dataset
-from .data.seg_train import PseudoLabelDataset, SegAugment
-from .errors import cli_main
-from .io import ensure_writable_dir
-from .models import build_deeplab
-from .sections import SEG_TRAIN_DEFAULTS as DEFAULTS
-from .sections import resolve_seg as resolve_cfg
+from .. import train_utils as tu
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..data.seg_train import PseudoLabelDataset, SegAugment
+from ..errors import cli_main
+from ..io import ensure_writable_dir
+from ..models import build_deeplab
+from ..sections import SEG_TRAIN_DEFAULTS as DEFAULTS
+from ..sections import resolve_seg as resolve_cfg
 
 __all__ = ["DEFAULTS", "RESUME_FREE", "resolve_cfg", "seg_loss", "train_seg", "main"]
 
@@ -154,7 +154,7 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
                 return None
     finally:
         run.close()
-    # what applying the model elsewhere needs (s2c.predict): the class names of its labels 1..K-1
+    # what applying the model elsewhere needs (s2c.stages.predict): the class names of its labels 1..K-1
     # and the normalisation its backbone's weights expect (the pipeline feeds ImageNet-normalised
     # tensors and the backbone re-maps them itself)
     norm = getattr(tu.unwrap(model).backbone, "input_norm", None)
@@ -165,7 +165,7 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.train_seg", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c train_seg", description=__doc__.split("\n")[0])
     p.add_argument("--data-cfg", required=True, help="the config's data section (JSON or @file.json)")
     p.add_argument("--split", required=True, help="split whose images are trained on, e.g. train_aug")
     p.add_argument("--labels", type=Path, required=True, help="directory of <id>.png pseudo-labels")

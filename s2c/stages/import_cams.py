@@ -1,12 +1,12 @@
-"""Stage ``import_cams``: another code's CAMs (or pseudo-labels) into s2c's files, checked against the dataset.
+"""Another code's CAMs (or pseudo-labels) into s2c's files, checked against the dataset.
 
 Subcommands (formats and checks: :mod:`s2c.cam_import`)::
 
-    python -m s2c.import_cams cams --source irn_cams/ --format irn --data-cfg '{...}' --split train_aug \
+    s2c import_cams cams --source irn_cams/ --format irn --data-cfg '{...}' --split train_aug \
         --out results/run/cams/train_aug.h5 [--normalize]
-    python -m s2c.import_cams pseudo --source labels/ --data-cfg '{...}' --split train_aug \
+    s2c import_cams pseudo --source labels/ --data-cfg '{...}' --split train_aug \
         --out results/run/pseudo/train_aug
-    python -m s2c.import_cams export --cams results/run/cams/train_aug.h5 --format irn --out irn_cams/
+    s2c import_cams export --cams results/run/cams/train_aug.h5 --format irn --out irn_cams/
 
 ``cams`` writes the CAM store that infer_cam would write (eval_cam, pseudo_labels and the figures
 read it unchanged); ``pseudo`` the folder pseudo_labels would write (train_seg reads it); ``export``
@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cam_import import CAM_FORMATS, export_cams, import_cams, import_pseudo_labels
-from .cli import parse_json_arg
-from .data import open_dataset
-from .errors import cli_main
+from ..cam_import import CAM_FORMATS, export_cams, import_cams, import_pseudo_labels
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..errors import cli_main
 
 __all__ = ["main"]
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.import_cams", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c import_cams", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cams", help="a folder of per-image CAM files → CAM store (HDF5)")
     c.add_argument("--source", type=Path, required=True, help="folder of <id>.npy / <id>.npz CAM files")

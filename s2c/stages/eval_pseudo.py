@@ -1,4 +1,4 @@
-"""Stage ``eval_labels``: mIoU of a folder of label-map PNGs (pseudo-labels or segmentation predictions) against GT.
+"""mIoU of a folder of label-map PNGs (pseudo-labels or segmentation predictions) against GT.
 
 Every id of the split must have ``<pred>/<id>.png`` (palette or grey, 0 = background, c+1 = class
 c) at the image's size. Writes ``{"miou", "iou", "n_images"}`` (percent values) — eval_cam's keys
@@ -6,7 +6,7 @@ without ``threshold``, which a label folder does not have (consumers test ``"thr
 
 CLI::
 
-    python -m s2c.eval_labels --pred pseudo_labels/ --data-cfg '{...}' --split train \
+    s2c eval_pseudo --pred pseudo_labels/ --data-cfg '{...}' --split train \
         --out results/run/metrics/pseudo_train.json [--bar iou.png]
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cli import parse_json_arg
-from .data import gt_mask, open_dataset
-from .errors import S2CError, cli_main
-from .io import read_label_png
-from .metrics import FloorSearch, confusion_matrix, floor_verdict, with_background, write_metrics
-from .plots import plot_iou_bars
+from ..cli import parse_json_arg
+from ..data import gt_mask, open_dataset
+from ..errors import S2CError, cli_main
+from ..io import read_label_png
+from ..metrics import FloorSearch, confusion_matrix, floor_verdict, with_background, write_metrics
+from ..plots import plot_iou_bars
 
 
 def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Path,
@@ -38,7 +38,7 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
     K = len(names)
     cm = np.zeros((K, K), np.int64)
     floors = FloorSearch(K)  # the model-free priors, given the image labels (threshold searched)
-    for image_id in tqdm(ds.ids, desc=f"eval_labels {split}", disable=not progress):
+    for image_id in tqdm(ds.ids, desc=f"eval_pseudo {split}", disable=not progress):
         gt = gt_mask(ds, image_id)
         path = pred / f"{image_id}.png"
         p = read_label_png(path)
@@ -60,7 +60,7 @@ def evaluate_labels(pred: str | Path, data_cfg: dict, split: str, out: str | Pat
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.eval_labels", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c eval_pseudo", description=__doc__.split("\n")[0])
     p.add_argument("--pred", type=Path, required=True, help="folder of <id>.png label maps")
     p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
     p.add_argument("--split", required=True, help="split to evaluate (needs GT masks)")

@@ -1,10 +1,10 @@
-"""Stage ``sam_everything``: segment-everything label maps of one part of a split, into one Zarr store.
+"""Segment-everything label maps of one part of a split, into one Zarr store.
 
-    python -m s2c.sam_everything --data-cfg JSON --split train --part 0 --parts 4 \\
+    s2c sam_everything --data-cfg JSON --split train --part 0 --parts 4 \\
         --out cache/train/se.part0.zarr --weights-dir weights --cfg '{"everything": {...}}' --device auto
 
 Same part slicing, ``<out>.partial`` + rename, resume and corrupt-image handling as
-:mod:`s2c.sam_embed`. Each image's map is SAM automatic mask generation on the original image,
+:mod:`s2c.stages.sam_embed`. Each image's map is SAM automatic mask generation on the original image,
 merged by the ``overlap`` rule (:mod:`s2c.sam.everything`), stored at the image's resolution.
 
 Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``skip_corrupt``
@@ -14,7 +14,7 @@ Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``s
 (0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
 ``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (None: 256 on GPU, 4 on CPU),
 ``shared_decoder`` (True), ``reuse_embedding`` (True: decode from ``--embed-store``, the
-:mod:`s2c.sam_embed` part store of the same split and part, instead of encoding each image again;
+:mod:`s2c.stages.sam_embed` part store of the same split and part, instead of encoding each image again;
 recorded in the store identity because fp16 embeddings shift a few mask borders); ``embed_codec``
 (fp16): the codec of that embedding store (``sam.embed_codec``: the store must carry it; a
 quantised one is also recorded in the SE identity, ``settings.embed_codec``).
@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import parse_json_arg
-from .config import merge_section
-from .errors import S2CError, cli_main
-from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
-from .sam.cache import EmbeddingReader, PartWriter, codec_settings, make_identity
-from .sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
-from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
-from .sections import SAM_EVERYTHING_DEFAULTS as SE_DEFAULTS
+from ..cli import parse_json_arg
+from ..config import merge_section
+from ..errors import S2CError, cli_main
+from ..sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
+from ..sam.cache import EmbeddingReader, PartWriter, codec_settings, make_identity
+from ..sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
+from ..sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
+from ..sections import SAM_EVERYTHING_DEFAULTS as SE_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run_sam_everything(
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.sam_everything", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c sam_everything", description=__doc__.split("\n")[0])
     add_part_args(p)
     p.add_argument("--embed-store", type=Path, default=None,
                    help="embedding store of the same split/part to decode from (sam.everything.reuse_embedding)")

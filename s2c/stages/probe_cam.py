@@ -1,6 +1,6 @@
 """Fit the CAM classifier's new layers on frozen backbone features: a linear-probe start.
 
-    python -m s2c.probe_cam --data-cfg '{...}' --split train --cfg '{...cam section...}' \\
+    s2c probe_cam --data-cfg '{...}' --split train --cfg '{...cam section...}' \\
         --probe '{"long_side": 320, "steps": 3000}' --out results/run/probe/model.pt
 
 Why: fine-tuning all layers from the ImageNet weights at the reference's settings (new layers at 1×
@@ -42,16 +42,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import train_utils as tu
-from .cli import parse_json_arg
-from .config import merge_section
-from .data import open_dataset
-from .data.transforms import normalize
-from .errors import S2CError, cli_main
-from .io import atomic_path
-from .losses import cls_loss
-from .models import build_classifier, cam_checkpoint
-from .sections import MODEL_KEYS, resolve_cam
+from .. import train_utils as tu
+from ..cli import parse_json_arg
+from ..config import merge_section
+from ..data import open_dataset
+from ..data.transforms import normalize
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
+from ..losses import cls_loss
+from ..models import build_classifier, cam_checkpoint
+from ..sections import MODEL_KEYS, resolve_cam
 
 __all__ = ["PROBE_DEFAULTS", "frozen_features", "fit_head", "probe_cam", "main"]
 
@@ -129,7 +129,7 @@ def probe_cam(data_cfg: dict, split: str, out: str | Path, weights_dir: str | Pa
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.probe_cam", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c probe_cam", description=__doc__.split("\n")[0])
     p.add_argument("--data-cfg", required=True, help="the config's data section as JSON (or @file.json)")
     p.add_argument("--split", required=True, help="training split, e.g. train_aug")
     p.add_argument("--cfg", default="{}", help="the config's cam section as JSON (model keys)")

@@ -1,4 +1,4 @@
-"""Stage ``eval_cam``: CAM mIoU against ground truth, with the background threshold searched on a grid (METHOD.md §7).
+"""CAM mIoU against ground truth, with the background threshold searched on a grid (METHOD.md §7).
 
 Prediction at threshold t = argmax over [t; CAMs of the image's labelled classes]; IoU comes from
 one confusion matrix per threshold accumulated over the whole split in a single pass
@@ -7,7 +7,7 @@ one confusion matrix per threshold accumulated over the whole split in a single 
 
 CLI::
 
-    python -m s2c.eval_cam --cams cams_train.h5 --data-cfg '{...}' --split train \
+    s2c eval_cam --cams cams_train.h5 --data-cfg '{...}' --split train \
         --out results/run/metrics/cam_train.json --cfg '{"thresholds": [0.05, ..., 0.95]}' [--bar iou.png]
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cam_store import CAMStore
-from .cli import parse_json_arg
-from .data import gt_mask, open_dataset
-from .errors import S2CError, cli_main
-from .metrics import FloorSearch, ThresholdSearch, floor_verdict, with_background, write_metrics
-from .plots import plot_iou_bars
-from .sections import EVAL_CAM_DEFAULTS as DEFAULTS
-from .sections import resolve_eval_cam
+from ..cam_store import CAMStore
+from ..cli import parse_json_arg
+from ..data import gt_mask, open_dataset
+from ..errors import S2CError, cli_main
+from ..metrics import FloorSearch, ThresholdSearch, floor_verdict, with_background, write_metrics
+from ..plots import plot_iou_bars
+from ..sections import EVAL_CAM_DEFAULTS as DEFAULTS
+from ..sections import resolve_eval_cam
 
 __all__ = ["DEFAULTS", "gt_mask", "evaluate_cams", "main"]
 
@@ -68,7 +68,7 @@ def evaluate_cams(cams: str | Path, data_cfg: dict, split: str, out: str | Path,
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.eval_cam", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c eval_cam", description=__doc__.split("\n")[0])
     p.add_argument("--cams", type=Path, required=True, help="CAM store written by infer_cam")
     p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
     p.add_argument("--split", required=True, help="split to evaluate (needs GT masks; the store must hold its ids)")

@@ -1,6 +1,6 @@
 """Dataset layout check: verify a VOC or COCO folder (and user-supplied weights) before any job.
 
-``python -m s2c.prepare --data-cfg JSON --train train_aug --eval train val [--quick] [--out r.json]``
+``s2c prepare --data-cfg JSON --train train_aug --eval train val [--quick] [--out r.json]``
 
 Every problem is reported at once, each as *what is missing*, *where it was looked for* and *how
 to get it* (the official source), so one run tells a user everything to fix. ``check_layout`` is
@@ -29,12 +29,12 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data.base import cache_dir_for
-from .data.coco import _split_paths, coco_image_files
-from .data.voc import read_id_list
-from .errors import S2CError, cli_main
-from .io import atomic_path
-from .weights import SAM_OFFICIAL
+from ..data.base import cache_dir_for
+from ..data.coco import _split_paths, coco_image_files
+from ..data.voc import read_id_list
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
+from ..weights import SAM_OFFICIAL
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html"
@@ -263,7 +263,7 @@ def format_problems(report: dict) -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m s2c.prepare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="s2c prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-cfg", required=True, help="the config's data section as JSON")
     ap.add_argument("--train", nargs="+", required=True, help="training split(s): need images + image labels")
     ap.add_argument("--eval", nargs="*", default=[], help="evaluation split(s): also need label maps")

@@ -1,7 +1,7 @@
-"""A TSV table as a self-contained HTML page, for the Snakemake report (`python -m s2c.report_table`).
+"""A TSV table as a self-contained HTML page, for the Snakemake report.
 
 Snakemake's HTML report offers a TSV only as a download; an HTML file is shown inline. Usage:
-``python -m s2c.report_table results/<run>/metrics/summary.tsv --title "..." --out summary.html``.
+``s2c report_table results/<run>/metrics/summary.tsv --title "..." --out summary.html``.
 The first row is the header; the row whose first cell is ``mIoU`` is set in bold; empty cells
 (classes absent from a split's ground truth) stay empty.
 """
@@ -13,8 +13,8 @@ import csv
 import html
 from pathlib import Path
 
-from .errors import S2CError, cli_main
-from .io import atomic_path
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em; color: #1e293b; }
@@ -45,7 +45,7 @@ def tsv_to_html(rows: list[list[str]], title: str) -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m s2c.report_table", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="s2c report_table", description=__doc__.split("\n\n")[0])
     ap.add_argument("tsv", type=Path)
     ap.add_argument("--title", default="Metrics")
     ap.add_argument("--out", type=Path, required=True)

@@ -1,7 +1,7 @@
 """Join the part stores of a SAM cache into a manifest, or verify a manifest / store.
 
-    python -m s2c.sam_cache join --kind embed|se --parts p0.zarr p1.zarr ... --out manifest.json
-    python -m s2c.sam_cache verify MANIFEST_OR_STORE [--quiet]
+    s2c sam_cache join --kind embed|se --parts p0.zarr p1.zarr ... --out manifest.json
+    s2c sam_cache verify MANIFEST_OR_STORE [--quiet]
 
 ``join`` checks the parts are complete, built alike (model, checkpoint, settings, image list,
 format version), numbered 0..N-1 once each and disjoint, then writes the manifest atomically (part
@@ -16,12 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import cli_main
-from .sam.cache import KINDS, join_parts, verify
+from ..errors import cli_main
+from ..sam.cache import KINDS, join_parts, verify
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.sam_cache", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c sam_cache", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("join", help="write the manifest of a cache's part stores")
     j.add_argument("--kind", required=True, choices=KINDS)

@@ -1,6 +1,6 @@
-"""Stage ``sam_embed``: SAM image embeddings of one part of a split, into one Zarr part store.
+"""SAM image embeddings of one part of a split, into one Zarr part store.
 
-    python -m s2c.sam_embed --data-cfg JSON --split train --part 0 --parts 4 \\
+    s2c sam_embed --data-cfg JSON --split train --part 0 --parts 4 \\
         --out cache/train/embed.part0.zarr --weights-dir weights --cfg '{}' --device auto
 
 Part ``K`` of ``N`` takes the contiguous slice ``ids[K*n//N:(K+1)*n//N]`` (:func:`s2c.sam.cache.part_ids`).
@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import parse_json_arg
-from .config import merge_section
-from .errors import cli_main
-from .sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
-from .sam.cache import PartWriter, codec_settings, make_identity
-from .sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
-from .sam.prompt import encode_images, sam_input_size
-from .sections import SAM_EMBED_DEFAULTS as EMBED_DEFAULTS
+from ..cli import parse_json_arg
+from ..config import merge_section
+from ..errors import cli_main
+from ..sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
+from ..sam.cache import PartWriter, codec_settings, make_identity
+from ..sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
+from ..sam.prompt import encode_images, sam_input_size
+from ..sections import SAM_EMBED_DEFAULTS as EMBED_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run_sam_embed(
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.sam_embed", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c sam_embed", description=__doc__.split("\n")[0])
     add_part_args(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,11 +1,11 @@
-"""Stage ``gt_labels``: write a split's ground-truth label maps as PNGs (the seg ceiling's labels).
+"""Write a split's ground-truth label maps as PNGs (the seg ceiling's labels).
 
 Training the segmentation network on these instead of the pseudo-labels, with the same schedule,
 gives the ceiling that schedule can reach (``snakemake seg_ceiling``): a seg run far below its
 pseudo-labels *and* far below this ceiling points at the pseudo-labels, one near both at the
 schedule. Written atomically: the folder appears only complete.
 
-    python -m s2c.gt_labels --data-cfg '{...}' --split train --out results/run/gt_labels/train
+    s2c gt_labels --data-cfg '{...}' --split train --out results/run/gt_labels/train
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import parse_json_arg
-from .data import open_dataset
-from .errors import S2CError, cli_main
-from .io import atomic_path, save_label_png
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..errors import S2CError, cli_main
+from ..io import atomic_path, save_label_png
 
 
 def write_gt_labels(data_cfg: dict, split: str, out: str | Path, progress: bool = True) -> Path:
@@ -38,7 +38,7 @@ def write_gt_labels(data_cfg: dict, split: str, out: str | Path, progress: bool 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.gt_labels", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c gt_labels", description=__doc__.split("\n")[0])
     p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
     p.add_argument("--split", required=True, help="split whose GT to write")
     p.add_argument("--out", type=Path, required=True, help="output folder (created atomically)")

@@ -1,6 +1,6 @@
-"""Print the run's headline table: CAM / pseudo-label / segmentation mIoU (`python -m s2c.summary`).
+"""Print the run's headline table: CAM / pseudo-label / segmentation mIoU.
 
-Usage: ``python -m s2c.summary results/<run>/metrics/{cam_train,pseudo_train,seg_val}.json``.
+Usage: ``s2c summary results/<run>/metrics/{cam_train,pseudo_train,seg_val}.json``.
 With ``--bench DIR...`` also prints each stage's wall time from Snakemake benchmark TSVs; with
 ``--tsv OUT`` writes the per-class IoU table (one column per metric file, mIoU last) that the
 Snakemake report renders as a table.
@@ -13,8 +13,8 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import S2CError, cli_main
-from .io import atomic_path
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
 
 ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)",
         "seg_gt_val": "seg on GT (val, ceiling)"}
@@ -73,7 +73,7 @@ def write_tsv(metrics: dict[str, dict], out: Path) -> None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m s2c.summary", description=__doc__)
+    ap = argparse.ArgumentParser(prog="s2c summary", description=__doc__)
     ap.add_argument("metrics", nargs="+", type=Path, help="metric JSON files (cam_train, pseudo_train, seg_val)")
     ap.add_argument("--bench", nargs="*", type=Path, default=[], help="folders of Snakemake benchmark TSVs")
     ap.add_argument("--tsv", type=Path, default=None, help="write the per-class IoU table here")

@@ -3,10 +3,10 @@ bars, loss curves. Snakemake rules list them as ``report()`` outputs.
 
 CLI::
 
-    python -m s2c.figures cams   --cams STORE --data-cfg JSON --split S --out PNG [--n 4]
-    python -m s2c.figures labels --pred DIR  --data-cfg JSON --split S --out PNG [--n 4] [--title T]
-    python -m s2c.figures bars   --metrics JSON --out PNG [--title T]
-    python -m s2c.figures loss   --csv CSV --out PNG [--columns loss loss_cls ...] [--x step]
+    s2c figures cams   --cams STORE --data-cfg JSON --split S --out PNG [--n 4]
+    s2c figures labels --pred DIR  --data-cfg JSON --split S --out PNG [--n 4] [--title T]
+    s2c figures bars   --metrics JSON --out PNG [--title T]
+    s2c figures loss   --csv CSV --out PNG [--columns loss loss_cls ...] [--x step]
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import csv as _csv
 from pathlib import Path
 from typing import Sequence
 
-from .cam_store import CAMStore
-from .cli import parse_json_arg
-from .data import open_dataset
-from .errors import S2CError, cli_main
-from .io import read_label_png
-from .plots import cam_overlay, colorize, panel_grid, plot_csv, plot_iou_bars
+from ..cam_store import CAMStore
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..errors import S2CError, cli_main
+from ..io import read_label_png
+from ..plots import cam_overlay, colorize, panel_grid, plot_csv, plot_iou_bars
 
 __all__ = ["cam_overlay", "colorize", "plot_iou_bars", "plot_cams", "plot_labels", "plot_loss", "main"]
 
@@ -75,7 +75,7 @@ def plot_loss(csv: str | Path, png: str | Path, columns: Sequence[str] | None = 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.figures", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c figures", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cams", help="CAM overlays for a few images")
     c.add_argument("--cams", type=Path, required=True)

@@ -1,4 +1,4 @@
-"""Stage ``eval_seg``: evaluate the segmentation network on a split (METHOD.md §7, "Segmentation").
+"""Evaluate the segmentation network on a split (METHOD.md §7, "Segmentation").
 
 Loads ``model.pt`` written by ``train_seg``, predicts every image with multi-scale (+ flip)
 inference — softmax probabilities resized to the image and averaged — optionally refines them with
@@ -13,7 +13,7 @@ outside data allowed: the ImageNet-pretrained backbone), COCO ``<split>/<id>.png
 
 Usage::
 
-    python -m s2c.eval_seg --model out/seg/model.pt --data-cfg '{"root": "data/voc"}' --split val \
+    s2c eval_seg --model out/seg/model.pt --data-cfg '{"root": "data/voc"}' --split val \
         --out-json metrics/seg_val.json --out-dir out/seg/pred_val --cfg '{"scales": [0.5, 0.75, 1, 1.25, 1.5], "flip": true}'
 """
 
@@ -30,19 +30,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import train_utils as tu
-from .classes import voc_palette
-from .cli import parse_json_arg
-from .data import open_dataset
-from .data.seg_train import normalize_image
-from .errors import S2CError, cli_main
-from .inference import load_seg_model, predict_probs
-from .io import atomic_path
-from .metrics import confusion_matrix, with_background, write_metrics
-from .refine.crf import dense_crf, require_densecrf
-from .sections import EVAL_SEG_DEFAULTS as DEFAULTS
-from .sections import EVAL_SEG_CRF_DEFAULTS as CRF_DEFAULTS
-from .sections import eval_seg_crf, resolve_eval_seg
+from .. import train_utils as tu
+from ..classes import voc_palette
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..data.seg_train import normalize_image
+from ..errors import S2CError, cli_main
+from ..inference import load_seg_model, predict_probs
+from ..io import atomic_path
+from ..metrics import confusion_matrix, with_background, write_metrics
+from ..refine.crf import dense_crf, require_densecrf
+from ..sections import EVAL_SEG_DEFAULTS as DEFAULTS
+from ..sections import EVAL_SEG_CRF_DEFAULTS as CRF_DEFAULTS
+from ..sections import eval_seg_crf, resolve_eval_seg
 
 __all__ = ["DEFAULTS", "CRF_DEFAULTS", "predict_probs", "load_seg_model", "save_palette_png", "eval_seg", "main"]
 
@@ -146,7 +146,7 @@ def pack_submission(png_dir: Path, ids, kind: str, split: str, out: str | Path) 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.eval_seg", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c eval_seg", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="model.pt written by train_seg")
     p.add_argument("--data-cfg", required=True, help="the config's data section (JSON or @file.json)")
     p.add_argument("--split", required=True, help="split to evaluate, e.g. val")

@@ -1,4 +1,4 @@
-"""The paper's ablation tables from a set of runs (``python -m s2c.ablation_table``).
+"""The paper's ablation tables from a set of runs.
 
 One line per (row, seed): the CAM mIoU of that run's classifier, its model-free floor (centre
 prior), optionally its pseudo-label and segmentation mIoU, the number of optimizer steps it trained
@@ -9,7 +9,7 @@ report renders it) and printed as a table.
 
 Usage::
 
-    python -m s2c.ablation_table --runs results/x/ablations/baseline/seed0 ... --out ablations.tsv \\
+    s2c ablations --runs results/x/ablations/baseline/seed0 ... --out ablations.tsv \\
         [--command "snakemake ablations ..."]
 
 Each run folder holds ``metrics/cam_train.json`` (eval_cam), ``cam/losses.csv`` (train_cam) and,
@@ -26,11 +26,11 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from .errors import S2CError, cli_main
-from .io import atomic_path
-from .metrics import read_metrics
-from .models import read_cam_checkpoint
-from .sections import ABLATIONS, PAPER_VOC_CAM, WARMUP_ROW
+from ..errors import S2CError, cli_main
+from ..io import atomic_path
+from ..metrics import read_metrics
+from ..models import read_cam_checkpoint
+from ..sections import ABLATIONS, PAPER_VOC_CAM, WARMUP_ROW
 
 COLUMNS = ("row", "seed", "steps", "warmup_steps", "probe_steps", "cam_miou", "floor_miou", "pseudo_miou", "seg_miou", "paper_voc_cam",
            "commit", "command")
@@ -136,7 +136,7 @@ def paired_differences(rows: list[dict], metrics=("cam_miou", "pseudo_miou", "se
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.ablation_table", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c ablations", description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders <row>/seed<N>")
     p.add_argument("--out", type=Path, required=True, help="output TSV")
     p.add_argument("--command", default="", help="the command that made the runs (recorded per line)")

@@ -1,4 +1,4 @@
-"""Stage ``infer_cam``: multi-scale × flip CAM inference into one compact HDF5 store per (run, split).
+"""Multi-scale × flip CAM inference into one compact HDF5 store per (run, split).
 
 For every image of a split, the trained classifier runs at scales (0.5, 1, 1.5, 2) on the image
 and its horizontal flip (METHOD.md §7); ReLU CAMs of the image's *labelled* classes are resized to
@@ -10,7 +10,7 @@ The store layout and its reader are :mod:`s2c.cam_store` (``CAMStore``, ``write_
 
 CLI::
 
-    python -m s2c.infer_cam --model M.pt --data-cfg '{...}' --split train --out cams.h5 \
+    s2c infer_cam --model M.pt --data-cfg '{...}' --split train --out cams.h5 \
         --cfg '{"scales": [0.5, 1, 1.5, 2], "flip": true}' --device auto --weights-dir weights
 """
 
@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cam_store import STORE_VERSION, CAMStore, write_cam_store
-from .cli import parse_json_arg
-from .data import open_dataset
-from .data.transforms import TrainAugment
-from .errors import S2CError, cli_main
-from .inference import load_classifier, multiscale_cams
-from .io import sha256_file
-from .sections import INFER_CAM_DEFAULTS as DEFAULTS
-from .sections import resolve_infer_cam
-from .train_utils import select_device
+from ..cam_store import STORE_VERSION, CAMStore, write_cam_store
+from ..cli import parse_json_arg
+from ..data import open_dataset
+from ..data.transforms import TrainAugment
+from ..errors import S2CError, cli_main
+from ..inference import load_classifier, multiscale_cams
+from ..io import sha256_file
+from ..sections import INFER_CAM_DEFAULTS as DEFAULTS
+from ..sections import resolve_infer_cam
+from ..train_utils import select_device
 
 __all__ = ["DEFAULTS", "STORE_VERSION", "CAMStore", "write_cam_store", "load_classifier", "multiscale_cams",
            "infer_cams", "main"]
@@ -90,7 +90,7 @@ def training_long_side_range(meta: dict) -> tuple[float, float] | None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s2c.infer_cam", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="s2c infer_cam", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="trained classifier (train_cam output)")
     p.add_argument("--data-cfg", required=True, help="JSON of the config's data section")
     p.add_argument("--split", required=True, help="image list to run on (train, val, ...)")
