@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import TwoWayTransformer
 from skimage.segmentation import slic
 
-from s2c.stages import train_cam as tc
+from s2c import objective
 from s2c.data import open_dataset
 from s2c.data.cam_train import collate, reindex_np
 from s2c.data.transforms import Geometry, normalize
@@ -173,35 +173,35 @@ def run_reference(ref, clf, rsam, batch) -> SimpleNamespace:
 def run_s2c(model, batch, sam, target=None, cfg=S2C_CFG) -> SimpleNamespace:
     """compute_losses + backward with the cam section ``cfg``; ``target`` replaces cpm_targets' Ŝ
     (the controlled step)."""
-    seen, orig = {}, tc.cpm_targets
+    seen, orig = {}, objective.cpm_targets
 
     def probe(sam_, batch_, prompt_cam, cpm, mode):
         seen["prompt_cam"] = prompt_cam
         seen["target"] = orig(sam_, batch_, prompt_cam, cpm, mode) if target is None else target
         return seen["target"]
-    tc.cpm_targets = probe
+    objective.cpm_targets = probe
     try:
         model.train()
         model.zero_grad(set_to_none=True)
-        parts = tc.compute_losses(model, batch, resolve_cam(cfg), sam, use_cpm=True)
+        parts = objective.compute_losses(model, batch, resolve_cam(cfg), sam, use_cpm=True)
         parts["loss"].backward()
     finally:
-        tc.cpm_targets = orig
+        objective.cpm_targets = orig
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return SimpleNamespace(**{k: v.item() for k, v in parts.items()}, grads=grads, **seen)
 
 
 def s2c_targets(sam, batch, prompt_cam, mode="online", embedding=None, peaks=None) -> torch.Tensor:
     """s2c's cpm_targets, optionally with the reference's SAM embedding and/or peaks substituted."""
-    enc, cp = sam_prompt.encode_images, tc.cpm_peaks
+    enc, cp = sam_prompt.encode_images, objective.cpm_peaks
     if embedding is not None:
         sam_prompt.encode_images = lambda *a, **k: embedding
     if peaks is not None:
-        tc.cpm_peaks = lambda *a, **k: [[(c, torch.from_numpy(p)) for c, p in img] for img in peaks]
+        objective.cpm_peaks = lambda *a, **k: [[(c, torch.from_numpy(p)) for c, p in img] for img in peaks]
     try:
-        return tc.cpm_targets(sam, batch, prompt_cam, resolve_cam(S2C_CFG)["cpm"], mode)
+        return objective.cpm_targets(sam, batch, prompt_cam, resolve_cam(S2C_CFG)["cpm"], mode)
     finally:
-        sam_prompt.encode_images, tc.cpm_peaks = enc, cp
+        sam_prompt.encode_images, objective.cpm_peaks = enc, cp
 
 
 def reference_rule(sam, prompt_cam, peaks, embedding) -> torch.Tensor:
@@ -274,7 +274,7 @@ def peak_rows(r, s, batch) -> tuple[list[str], Counter]:
     """Per (image, class): counts, points equal / within 1 px (Chebyshev); why unmatched ones differ."""
     rows, why = [], Counter()
     pc = s.prompt_cam
-    for i, (rp, sp) in enumerate(zip(r.peaks, tc.cpm_peaks(pc, batch, resolve_cam(S2C_CFG)["cpm"]))):
+    for i, (rp, sp) in enumerate(zip(r.peaks, objective.cpm_peaks(pc, batch, resolve_cam(S2C_CFG)["cpm"]))):
         for (c, a), (_, q) in zip(rp, sp):
             q = q.numpy()
             d = np.abs(a[:, None] - q[None]).max(-1)  # (reference, s2c)
@@ -358,7 +358,7 @@ def switched(r, w) -> bool:
 def switched_rows(out: dict) -> list[str]:
     """Section 2: the as-is step's batch through s2c with the four reference switches on."""
     r, w, b = out["ref"], out["s2c_sw"], out["batch"]
-    peaks = tc.cpm_peaks(w.prompt_cam, b, resolve_cam(S2C_SWITCHED)["cpm"])
+    peaks = objective.cpm_peaks(w.prompt_cam, b, resolve_cam(S2C_SWITCHED)["cpm"])
     pairs = [(c, a, d, q.numpy()) for rp, sp in zip(r.peaks, peaks) for (c, a), (d, q) in zip(rp, sp)]
     same = sum(c == d and a.shape == q.shape and np.array_equal(a.astype(np.float32), q) for c, a, d, q in pairs)
     gd = grad_diffs(r.grads, w.grads)

@@ -27,7 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from s2c.stages import train_cam as tc  # noqa: E402
+from s2c import cam_training, objective  # noqa: E402
+from s2c.cpm_diagnostics import to_device  # noqa: E402
+from s2c.sections import resolve_cam  # noqa: E402
 from s2c import train_utils as tu  # noqa: E402
 
 
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     n = a.batch_size * (a.steps + 1)
     ids = ds.ids[:n]
     if a.sam == "vit_t":
-        sam, _ = tc.load_sam_for_training({"model_type": "vit_t"}, a.weights_dir, dev)
+        sam, _ = cam_training.load_sam_for_training({"model_type": "vit_t"}, a.weights_dir, dev)
     else:
         torch.manual_seed(0)
         sam = build_sam(a.sam, None, dev)  # random weights: timing only
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
                 "ssc": {"size": a.ssc_size}, "micro_batch": a.micro_batch}
     data = CAMTrainDataset(sub, base_cfg["augment"], EmbeddingReader(emb), SEMapReader(se), seed=0)
     batches = [collate([data[i] for i in range(k, k + a.batch_size)]) for k in range(0, n, a.batch_size)]
-    batches = [tc._to(b, dev) for b in batches]
+    batches = [to_device(b, dev) for b in batches]
 
     try:
         model0 = build_classifier({"backbone": a.backbone, "output_stride": a.output_stride, "pretrained": True},
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     state = {k: v.clone() for k, v in model0.state_dict().items()}
 
     def run(mode: str) -> list[float]:
-        cfg = tc.resolve_cfg({**base_cfg, "ablation": "baseline"} if mode == "baseline" else
+        cfg = resolve_cam({**base_cfg, "ablation": "baseline"} if mode == "baseline" else
                              {**base_cfg, "sam_mode": mode})
         model0.load_state_dict(state)
         model = model0.to(dev).train()
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             for mb, share in tu.micro_batches(b, cfg["micro_batch"]):  # the trainer's accumulation
-                parts = tc.compute_losses(model, mb, cfg, sam, use_cpm=cfg["cpm"]["enabled"])
+                parts = objective.compute_losses(model, mb, cfg, sam, use_cpm=cfg["cpm"]["enabled"])
                 (parts["loss"] * share).backward()
             opt.step()
             if dev.type == "cuda":

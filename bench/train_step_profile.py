@@ -27,21 +27,21 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import train_step  # noqa: E402
 
-from s2c.stages import train_cam as tc  # noqa: E402
+from s2c import objective  # noqa: E402
 from s2c.data import transforms  # noqa: E402
 from s2c.sam import prompt as sam_prompt  # noqa: E402
 
 # (module, attribute, component); timers on nested calls are subtracted from their callers
 TIMED = [
-    (tc, "multiscale_prompt_cams", "prompting CAM (no-grad forwards)"),
-    (tc, "find_peaks", "peaks"),
+    (objective, "multiscale_prompt_cams", "prompting CAM (no-grad forwards)"),
+    (objective, "find_peaks", "peaks"),
     (sam_prompt, "predict_masks", "SAM decoder"),
     (sam_prompt, "lowres_to_size", "mask upsampling"),
     (transforms.Geometry, "warp_to_crop_torch", "mask warp into the crop"),
-    (tc, "cpm_pseudo_label", "pseudo-label"),
-    (tc, "cpm_targets", "cpm targets (other)"),
-    (tc, "ssc_loss", "SSC loss (forward)"),
-    (tc, "cpm_loss", "CPM loss (forward)"),
+    (objective, "cpm_pseudo_label", "pseudo-label"),
+    (objective, "cpm_targets", "cpm targets (other)"),
+    (objective, "ssc_loss", "SSC loss (forward)"),
+    (objective, "cpm_loss", "CPM loss (forward)"),
 ]
 
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         setattr(mod, attr, timers.wrap(getattr(mod, attr), name))
     backward = torch.Tensor.backward
     torch.Tensor.backward = timers.wrap(backward, "backward")
-    step_fn = tc.compute_losses
-    tc.compute_losses = timers.wrap(step_fn, "rest (classifier forward, glue)")
+    step_fn = objective.compute_losses
+    objective.compute_losses = timers.wrap(step_fn, "rest (classifier forward, glue)")
 
     rows = {}
     for mode in modes.split(","):

@@ -15,12 +15,18 @@ stream (independent of the training epochs), identical at every epoch.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .data.cam_train import CAMTrainDataset, collate
+from .data.transforms import Geometry
 from .metrics import ThresholdSearch, confusion_matrix, miou_from_confusion
+from .objective import cpm_peaks, cpm_targets, prompting_cams
+
+log = logging.getLogger(__name__)
 
 #: Augmentation stream of the diagnostic crops (far from any training epoch index).
 DIAG_EPOCH = 10**6
@@ -58,26 +64,25 @@ def peak_hits(peaks: list[tuple[int, torch.Tensor]], gt: np.ndarray) -> tuple[in
 
 
 @torch.no_grad()
-def run_diagnostics(net: torch.nn.Module, batch_of: Callable[[], tuple[dict, list[np.ndarray]]],
-                    prompt_cams: Callable[[dict], torch.Tensor], targets: Callable[[dict, torch.Tensor], torch.Tensor],
-                    peaks_of: Callable[[dict, torch.Tensor], list], num_classes: int) -> dict[str, Any]:
+def run_diagnostics(net: torch.nn.Module, sam, batch_of: Callable[[], tuple[dict, list[np.ndarray]]],
+                    cfg: dict, num_classes: int) -> dict[str, Any]:
     """One diagnostics row (without epoch / step).
 
     Args:
         net: the classifier (set to eval mode here, restored after).
+        sam: the frozen SAM that CPM decodes with.
         batch_of: () → (batch dict on the device, GT label maps warped into each crop, uint8 (h, w)).
-        prompt_cams: batch → (B, C, h, w) prompting CAM in [0, 1] (the trainer's choice).
-        targets: (batch, prompt CAM) → Ŝ (B, h, w) long (0 bg, c+1, 255 padding).
-        peaks_of: (batch, prompt CAM) → per image [(c, points (K, 2))].
+        cfg: the resolved ``cam`` section: the trainer's prompting CAM, peaks and SAM decoding.
         num_classes: C (foreground).
     """
+    cpm = cfg["cpm"]
     was = net.training
     net.eval()
     try:
         batch, gts = batch_of()
-        pc = prompt_cams(batch)
-        target = targets(batch, pc).cpu().numpy()
-        peaks = peaks_of(batch, pc)
+        pc = prompting_cams(net, batch["image"], batch["labels"], cpm)
+        target = cpm_targets(sam, batch, pc, cpm, cfg["sam_mode"]).cpu().numpy()
+        peaks = cpm_peaks(pc, batch, cpm)
     finally:
         net.train(was)
     K = num_classes + 1
@@ -101,3 +106,37 @@ def run_diagnostics(net: torch.nn.Module, batch_of: Callable[[], tuple[dict, lis
     return {"n_images": len(gts), "n_peaks": n,
             "peak_hit_rate": pct(hits / n) if n else None, "peak_chance": pct(chance / n) if n else None,
             "pseudo_miou": pct(miou_from_confusion(cm)), "prompt_cam_miou": pct(miou_from_confusion(cm_cam))}
+
+
+def make_diagnostics(net: torch.nn.Module, sam, data: CAMTrainDataset, ds, cfg: dict, device: torch.device):
+    """(a () → row callable, None), or (None, why they are off): disabled, no L_CPM, or no training
+    image with a GT mask. ``data`` is the trainer's dataset (its caches are shared), ``ds`` its
+    image dataset, ``net`` the unwrapped classifier."""
+    dcfg, cpm = cfg["diagnostics"], cfg["cpm"]
+    if not cpm["enabled"]:
+        return None, f"L_CPM is off (cam.cpm.enabled false; cam.ablation {cfg['ablation']})"
+    if not dcfg["enabled"] or int(dcfg["n_images"]) < 1:
+        return None, "cam.diagnostics.enabled is false (or n_images is 0)"
+    sample = pick_sample(ds, int(dcfg["n_images"]), cfg["seed"])
+    if not sample:
+        log.info("CPM diagnostics off: no training image of %s has a GT mask", ds.split)
+        return None, f"no training image of split {ds.split!r} has a GT mask to score CPM's peaks and labels on"
+    view = CAMTrainDataset(ds, cfg["augment"], data.embed, data.se, cfg["seed"], gt_masks=data.gt_masks)
+    view.set_epoch(DIAG_EPOCH)
+    fixed: list = []  # the sample's crops never change: read images, caches and masks once
+
+    def batch_of():
+        if not fixed:
+            items = [view[i] for i in sample]
+            gts = [Geometry.from_dict(it["geometry"]).warp_to_crop(ds.load_mask(it["id"]), "nearest", fill=255)
+                   for it in items]
+            fixed.extend((to_device(collate(items), device), gts))
+        return fixed[0], fixed[1]
+
+    return (lambda: run_diagnostics(net, sam, batch_of, cfg, ds.num_classes)), None
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated training batch on ``device`` (sizes stay on the CPU: they index, not compute)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in ("orig_size", "input_size")
+                else v) for k, v in batch.items()}

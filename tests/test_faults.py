@@ -94,7 +94,7 @@ exec "{py}" -c 'import json, os, sys; open(os.environ["ARGV_LOG"], "a").write(js
 @pytest.fixture(scope="module")
 def shell_run(tmp_path_factory):
     """Dry-run the demo DAG with every free-form string key set to a shell payload, then execute
-    each printed job command with bash, `python` replaced by a recorder: (argv lists, workdir)."""
+    each printed job command with bash, `s2c` and `python` replaced by a recorder: (argv lists, workdir)."""
     work = tmp_path_factory.mktemp("shell") / "work dir"
     work.mkdir()
     cfg = base()
@@ -122,8 +122,9 @@ def shell_run(tmp_path_factory):
     logs = [ln.split("log: ", 1)[1] for ln in text.splitlines() if ln.strip().startswith("log: ")]
     assert len(cmds) >= 25, text
     fake = tmp_path_factory.mktemp("fakebin")
-    (fake / "python").write_text(FAKE_PY.format(py=sys.executable))
-    (fake / "python").chmod(0o755)
+    for name in ("python", "s2c"):  # the stages run as `s2c <stage>`; a few rules call python
+        (fake / name).write_text(FAKE_PY.format(py=sys.executable))
+        (fake / name).chmod(0o755)
     argv_log = fake / "argv.jsonl"
     for log in logs:
         (work / log).parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def test_shell_free_string_key_reaches_commands_intact(shell_run, key):
 
 def test_shell_sam_num_workers_reaches_the_cache_rules(shell_run):
     calls, _ = shell_run
-    cache_calls = [c for c in calls if any(m in c for m in ("s2c.stages.sam_embed", "s2c.stages.sam_everything"))]
+    cache_calls = [c for c in calls if any(m in c for m in ("sam_embed", "sam_everything"))]
     assert len(cache_calls) == 2
     for c in cache_calls:
         assert json.loads(c[c.index("--cfg") + 1])["num_workers"] == 3

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from s2c.stages import probe_cam as pc
+from s2c import cam_training
+from s2c.sections import MODEL_KEYS
 from s2c.stages import train_cam as tc
 from s2c.data import open_dataset
 from s2c.errors import S2CError
@@ -63,8 +65,8 @@ def test_probe_model_is_a_cam_init(synthetic_voc, tmp_path, capsys):
     assert ckpt["num_classes"] == 20 and ckpt["class_set"] == "voc20" and ckpt["probe"]["steps"] == 5
     assert ckpt["input_norm"]["mean"] != [0.485, 0.456, 0.406]  # Lite0's (x-127)/128, recorded
     cfg = tc.resolve_cfg({**CAM, "init": str(out)})
-    model = build_classifier({k: cfg[k] for k in tc.MODEL_KEYS}, 20)
-    tc.init_from(model, cfg, 20, "voc20")
+    model = build_classifier({k: cfg[k] for k in MODEL_KEYS}, 20)
+    cam_training.init_from(model, cfg, 20, "voc20")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
     assert [p.name for p in out.parent.iterdir()] == ["model.pt"]  # no temporary left behind
 

@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from torchvision.transforms import Normalize
 
+from s2c import objective
 from s2c.stages import train_cam as tc
 from s2c.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize_255, normalize
 from s2c.errors import S2CError
@@ -126,7 +127,7 @@ def test_compute_losses_passes_absent_prototypes(monkeypatch):
         seen.append(a[4] if len(a) > 4 else kw.get("absent_prototypes"))
         return torch.zeros(())
 
-    monkeypatch.setattr(tc, "ssc_loss", spy)
+    monkeypatch.setattr(objective, "ssc_loss", spy)
 
     class Net(torch.nn.Module):
         def forward(self, x):
@@ -134,7 +135,7 @@ def test_compute_losses_passes_absent_prototypes(monkeypatch):
 
     batch = {"image": torch.zeros(1, 3, 8, 8), "labels": torch.ones(1, 2), "se": torch.ones(1, 8, 8, dtype=torch.long)}
     for flag in (False, True):
-        tc.compute_losses(Net(), batch, resolve_cam({"ssc": {"absent_prototypes": flag}}))
+        objective.compute_losses(Net(), batch, resolve_cam({"ssc": {"absent_prototypes": flag}}))
     assert seen == [False, True]
 
 
@@ -201,8 +202,8 @@ def test_cpm_peaks_follows_peak_rule():
     cam = (_bump(64, 64, 20, 20, 3, 1.0) + _bump(64, 64, 40, 44, 3, 0.8))[None, None]
     batch = {"labels": torch.ones(1, 1), "valid": torch.ones(1, 64, 64, dtype=torch.bool)}
     cpm = resolve_cam({"cpm": {"min_distance": 10}})["cpm"]
-    (_, a), = tc.cpm_peaks(cam, batch, cpm)[0]
-    (_, b), = tc.cpm_peaks(cam, batch, cpm | {"peak_rule": "reference"})[0]
+    (_, a), = objective.cpm_peaks(cam, batch, cpm)[0]
+    (_, b), = objective.cpm_peaks(cam, batch, cpm | {"peak_rule": "reference"})[0]
     assert a.tolist() == [[20.5, 20.5], [44.5, 40.5]] and b.tolist() == [[20.5, 20.5], [43.5, 39.5]]
 
 
@@ -252,7 +253,7 @@ def test_sam_resize_reference_reaches_the_encoder_and_the_squashed_frame(monkeyp
     batch = {"image": torch.zeros(1, 3, 32, 64), "labels": torch.ones(1, 1),
              "valid": torch.ones(1, 32, 64, dtype=torch.bool)}
     cpm = resolve_cam({"cpm": {"single_peak": True, "sam_resize": "reference"}})["cpm"]
-    t = tc.cpm_targets(tiny_sam, batch, cam, cpm, "online")
+    t = objective.cpm_targets(tiny_sam, batch, cam, cpm, "online")
     assert t.shape == (1, 32, 64) and seen["enc"] == (1, 3, 32, 64)
     # the peak's pixel index (40, 16) × (1024 / 64, 1024 / 32)
     assert seen["points"] == [[[640.0, 512.0]]] and seen["orig"] == seen["input"] == (1024, 1024)
@@ -298,24 +299,24 @@ def test_confidence_source_lowres_passes_lowres_logits_online_refuses_cached(mon
         seen["logits"], seen["alpha"] = logits, a[4] if len(a) > 4 else None
         return real(cam, classes, logits, valid, *a)
 
-    monkeypatch.setattr(tc, "cpm_pseudo_label", spy)
+    monkeypatch.setattr(objective, "cpm_pseudo_label", spy)
     monkeypatch.setattr(sp, "encode_images", lambda sam, images, amp_dtype=None: torch.randn(len(images), 256, 64, 64))
     cam = _bump(48, 48, 24, 24, 4, 1.0)[None, None]
     batch = {"image": torch.zeros(1, 3, 48, 48), "labels": torch.ones(1, 1),
              "valid": torch.ones(1, 48, 48, dtype=torch.bool)}
     cpm = resolve_cam({"sam_mode": "online", "cpm": {"single_peak": True, "confidence_source": "lowres"}})["cpm"]
     torch.manual_seed(0)
-    tc.cpm_targets(tiny_sam, batch, cam, cpm, "online")
+    objective.cpm_targets(tiny_sam, batch, cam, cpm, "online")
     assert seen["alpha"] is not None and seen["alpha"].shape == seen["logits"].shape == (1, 48, 48)
     torch.manual_seed(0)  # the stub's embedding again, decoded at the peak's pixel index (24, 24)
     low, _ = sp.decode_prompts(tiny_sam, torch.randn(1, 256, 64, 64)[0], [np.array([[24.0, 24.0]])], (48, 48),
                                (1024, 1024), 2, return_lowres=True)
     assert torch.equal(seen["alpha"], sp.lowres_straight(low, (1024, 1024), (48, 48)))
     assert torch.equal(seen["logits"], sp.lowres_to_size(low, (1024, 1024), (48, 48)))
-    tc.cpm_targets(tiny_sam, batch, cam, cpm | {"confidence_source": "postprocessed"}, "online")
+    objective.cpm_targets(tiny_sam, batch, cam, cpm | {"confidence_source": "postprocessed"}, "online")
     assert seen["alpha"] is None
     with pytest.raises(S2CError, match="cam.cpm.confidence_source lowres needs cam.sam_mode online"):
-        tc.cpm_targets(tiny_sam, batch, cam, cpm, "cached")
+        objective.cpm_targets(tiny_sam, batch, cam, cpm, "cached")
 
 
 # ------------------------------------------------------------------------------------ all four
@@ -357,10 +358,10 @@ def test_all_four_switches_give_update_s_targets(tiny_sam):  # noqa: F811
     cam = cam / cam.amax((2, 3), keepdim=True).clamp_min(1e-5)
     batch = {"image": image, "labels": labels, "valid": torch.ones(2, H, W, dtype=torch.bool)}
     cpm = resolve_cam({**SWITCHED, "cpm": {**SWITCHED["cpm"], "min_distance": 10}})["cpm"]
-    ours = tc.cpm_targets(tiny_sam, batch, cam, cpm, "online")
+    ours = objective.cpm_targets(tiny_sam, batch, cam, cpm, "online")
     ref = _update_targets(tiny_sam, image, labels, cam, 10, 0.5)
     assert torch.equal(ours, ref), f"{int((ours != ref).sum())} px differ"
     # s2c's defaults (its resize and peaks, here) give other targets on the same inputs
-    s2c = tc.cpm_targets(tiny_sam, batch, cam, resolve_cam({"sam_mode": "online", "cpm": {"min_distance": 10}})["cpm"],
+    s2c = objective.cpm_targets(tiny_sam, batch, cam, resolve_cam({"sam_mode": "online", "cpm": {"min_distance": 10}})["cpm"],
                          "online")
     assert not torch.equal(s2c, ref)

@@ -21,6 +21,7 @@ from s2c.data.transforms import Geometry
 from s2c.errors import S2CError
 from s2c.models.classifier import CAMClassifier
 from s2c.sam.cache import EmbeddingReader, PartWriter, SEMapReader, make_identity
+from s2c import cam_training, objective
 from s2c.stages import train_cam as tc
 
 SMALL_AUG = {"resize_long": [64, 96], "crop_size": 64}
@@ -172,7 +173,7 @@ def test_cpm_cached_maps_peaks_back_and_masks_into_crop(fake_sam):
     geo = Geometry((40, 60), (80, 120), True, (10, 20), (48, 64))
     cam = _blob_cam(3, 48, 64, {1: [(30, 20, 1.0)]})
     labels = torch.tensor([[0.0, 1.0, 0.0]])
-    t = tc.cpm_targets(None, _batch_for(geo, labels), cam, cpm, "cached")[0]
+    t = objective.cpm_targets(None, _batch_for(geo, labels), cam, cpm, "cached")[0]
     yy, xx = torch.meshgrid(torch.arange(48).float() + 0.5, torch.arange(64).float() + 0.5, indexing="ij")
     disc = ((xx - 30.5) ** 2 + (yy - 20.5) ** 2) < (2 * R) ** 2
     inter = ((t == 2) & disc).sum().item()
@@ -180,7 +181,7 @@ def test_cpm_cached_maps_peaks_back_and_masks_into_crop(fake_sam):
     assert inter / union > 0.9
     assert set(torch.unique(t).tolist()) == {0, 2}
     # online: the crop itself is the image, no geometry → the disc has radius R
-    t_on = tc.cpm_targets(None, _batch_for(geo, labels), cam, cpm, "online")[0]
+    t_on = objective.cpm_targets(None, _batch_for(geo, labels), cam, cpm, "online")[0]
     small = ((xx - 30.5) ** 2 + (yy - 20.5) ** 2) < R ** 2
     assert ((t_on == 2) & small).sum() / ((t_on == 2) | small).sum() > 0.8
 
@@ -189,7 +190,7 @@ def test_cpm_padding_is_ignored(fake_sam):
     cpm = tc.resolve_cfg({})["cpm"] | {"min_distance": 5}
     geo = Geometry((40, 60), (40, 60), False, (0, 0), (48, 64))  # 8 rows / 4 cols of padding
     cam = _blob_cam(3, 48, 64, {0: [(20, 20, 1.0)]})
-    t = tc.cpm_targets(None, _batch_for(geo, torch.tensor([[1.0, 0.0, 0.0]])), cam, cpm, "cached")[0]
+    t = objective.cpm_targets(None, _batch_for(geo, torch.tensor([[1.0, 0.0, 0.0]])), cam, cpm, "cached")[0]
     assert (t[40:] == 255).all() and (t[:, 60:] == 255).all() and (t[:40, :60] != 255).all()
 
 
@@ -216,9 +217,9 @@ def test_cpm_switches_change_pseudo_labels(fake_sam, override, monkeypatch):
 
     import s2c.sam.prompt as sp
     monkeypatch.setattr(sp, "decode_prompts", spy)
-    ref = tc.cpm_targets(None, batch, cam, cpm, "cached")
+    ref = objective.cpm_targets(None, batch, cam, cpm, "cached")
     assert seen["mmi"] == 2
-    alt = tc.cpm_targets(None, batch, cam, cpm | override, "cached")
+    alt = objective.cpm_targets(None, batch, cam, cpm | override, "cached")
     if "multimask_index" in override:
         assert seen["mmi"] == 0  # the fake SAM has one output; the switch must reach the decoder
     else:
@@ -241,8 +242,8 @@ def test_every_ablation_changes_the_loss(caches, fake_sam, ablation):
     model = tiny_model()
     with torch.no_grad():
         model.classifier.weight.abs_()
-    a = tc.compute_losses(model, batch, full, None, use_cpm=True)
-    b = tc.compute_losses(model, batch, alt, None, use_cpm=alt["cpm"]["enabled"])
+    a = objective.compute_losses(model, batch, full, None, use_cpm=True)
+    b = objective.compute_losses(model, batch, alt, None, use_cpm=alt["cpm"]["enabled"])
     assert a["loss_ssc"] > 0 and a["loss_cpm"] > 0
     if ablation == "baseline":
         assert b["loss_ssc"] == 0 and b["loss_cpm"] == 0 and b["loss"] == a["loss_cls"]
@@ -259,9 +260,9 @@ def test_ssc_size_switch(caches):
     cfg = tc.resolve_cfg({"augment": SMALL_AUG, "cpm": {"enabled": False}})
     batch = _loss_batch(caches, cfg)
     model = tiny_model()
-    a = tc.compute_losses(model, batch, cfg, None, False)
-    b = tc.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 32}}, None, False)
-    c = tc.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 64}}, None, False)  # = the crop
+    a = objective.compute_losses(model, batch, cfg, None, False)
+    b = objective.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 32}}, None, False)
+    c = objective.compute_losses(model, batch, cfg | {"ssc": cfg["ssc"] | {"size": 64}}, None, False)  # = the crop
     assert a["loss_cls"] == b["loss_cls"] and a["loss_ssc"] != b["loss_ssc"] and a["loss_ssc"] == c["loss_ssc"]
     assert abs(a["loss_ssc"].item() - b["loss_ssc"].item()) < 0.2 * a["loss_ssc"].item()
 
@@ -272,8 +273,8 @@ def test_multiscale_prompt_cam_is_used(caches, fake_sam):
     model = tiny_model()
     with torch.no_grad():
         model.classifier.weight.abs_()
-    a = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_cam": "step"}}, None, True)
-    b = tc.compute_losses(model, batch, cfg, None, True)  # the default: multiscale
+    a = objective.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_cam": "step"}}, None, True)
+    b = objective.compute_losses(model, batch, cfg, None, True)  # the default: multiscale
     assert a["loss_cls"] == b["loss_cls"] and a["loss_cpm"] != b["loss_cpm"]
     assert model.training
 
@@ -281,8 +282,8 @@ def test_multiscale_prompt_cam_is_used(caches, fake_sam):
 def test_prompt_batch_auto_explicit_and_bad(caches, fake_sam):
     cpm = tc.resolve_cfg({})["cpm"]
     assert cpm["prompt_batch"] is None
-    assert tc.prompt_batch(cpm, torch.device("cpu")) == 1 and tc.prompt_batch(cpm, torch.device("cuda")) is None
-    assert tc.prompt_batch({**cpm, "prompt_batch": 8}, torch.device("cpu")) == 8
+    assert objective.prompt_batch(cpm, torch.device("cpu")) == 1 and objective.prompt_batch(cpm, torch.device("cuda")) is None
+    assert objective.prompt_batch({**cpm, "prompt_batch": 8}, torch.device("cpu")) == 8
     for bad in ("x", 0, 2.5, True):
         with pytest.raises(S2CError, match="prompt_batch"):
             tc.resolve_cfg({"cpm": {"prompt_batch": bad}})
@@ -292,8 +293,8 @@ def test_prompt_batch_auto_explicit_and_bad(caches, fake_sam):
     model = tiny_model()
     with torch.no_grad():
         model.classifier.weight.abs_()
-    a = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 1}}, None, True)
-    b = tc.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 64}}, None, True)
+    a = objective.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 1}}, None, True)
+    b = objective.compute_losses(model, batch, cfg | {"cpm": cfg["cpm"] | {"prompt_batch": 64}}, None, True)
     assert torch.allclose(a["loss_cpm"], b["loss_cpm"], rtol=1e-4) and a["loss_cpm"] > 0  # batched convs: rounding
 
 
@@ -318,10 +319,10 @@ def _csv(p):
 
 def test_cpm_start_step_fraction_and_epoch():
     cpm = tc.resolve_cfg({})["cpm"]
-    assert tc.cpm_start_step(cpm, steps_per_epoch=27, total_steps=135) == 54  # start_epoch 2 (reference)
-    assert tc.cpm_start_step({**cpm, "start_step": 500}, 27, 135) == 500
-    assert tc.cpm_start_step({**cpm, "start_fraction": 1 / 6}, 1322, 7932) == 1322
-    assert tc.cpm_start_step({**cpm, "start_fraction": 0.5}, 10, 101) == 51
+    assert objective.cpm_start_step(cpm, steps_per_epoch=27, total_steps=135) == 54  # start_epoch 2 (reference)
+    assert objective.cpm_start_step({**cpm, "start_step": 500}, 27, 135) == 500
+    assert objective.cpm_start_step({**cpm, "start_fraction": 1 / 6}, 1322, 7932) == 1322
+    assert objective.cpm_start_step({**cpm, "start_fraction": 0.5}, 10, 101) == 51
     assert tc.resolve_cfg({"cpm": {"start_step": "40"}})["cpm"]["start_step"] == 40  # --config strings
     with pytest.raises(S2CError, match="both set"):
         tc.resolve_cfg({"cpm": {"start_step": 3, "start_fraction": 0.2}})
@@ -406,7 +407,7 @@ def test_micro_batches_slices_and_shares():
 def test_micro_batch_accumulates_the_whole_batch_gradient(caches, tmp_path, fake_sam, monkeypatch):
     """With L_CLS alone (a mean over images) and a model without randomness, accumulating over
     slices of 1 or 3 images trains the same weights as whole batches of 4; S2C runs and logs too."""
-    sizes, losses = [], tc.compute_losses
+    sizes, losses = [], objective.compute_losses
 
     def spy(model, batch, *a, **kw):
         sizes.append(len(batch["labels"]))
@@ -463,12 +464,12 @@ def test_init_from_another_model_is_a_clear_error(caches, tmp_path):
     bad = tmp_path / "other.pt"
     torch.save({"model": {}, "cam_cfg": {**cfg, "feat_dim": 16}, "num_classes": 20, "class_set": "voc20"}, bad)
     with pytest.raises(S2CError, match=r"other\.pt.*feat_dim: 16 there"):
-        tc.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
+        cam_training.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
     torch.save({"model": {}, "cam_cfg": cfg, "num_classes": 80, "class_set": "coco80"}, bad)
     with pytest.raises(S2CError, match="num_classes: 80 there, 20 here; class_set: 'coco80' there"):
-        tc.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
+        cam_training.init_from(tiny_model(), {**cfg, "init": str(bad)}, 20, "voc20")
     with pytest.raises(S2CError, match="not found"):
-        tc.init_from(tiny_model(), {**cfg, "init": str(tmp_path / "none.pt")}, 20, "voc20")
+        cam_training.init_from(tiny_model(), {**cfg, "init": str(tmp_path / "none.pt")}, 20, "voc20")
     with pytest.raises(S2CError, match="cam.init must be"):
         tc.resolve_cfg({"init": 5})
 
@@ -489,7 +490,7 @@ def test_train_writes_outputs_and_resumes_after_a_kill(caches, tmp_path, monkeyp
     assert (tmp_path / "a" / "losses.png").stat().st_size > 1000
 
     # "kill" the second run in the middle of epoch 2 (after one more logged step)
-    real = tc.compute_losses
+    real = objective.compute_losses
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -595,7 +596,7 @@ def test_cached_and_online_agree_on_coco_mini(coco_mini_root, tmp_path):
     from s2c.weights import ensure_mobile_sam  # noqa: F401  (provisioned by load_sam)
 
     weights = Path(__file__).resolve().parents[1] / "weights"
-    sam, _ = tc.load_sam_for_training({"model_type": "vit_t"}, weights, "cpu")
+    sam, _ = cam_training.load_sam_for_training({"model_type": "vit_t"}, weights, "cpu")
     ds = open_dataset({"kind": "coco", "root": str(coco_mini_root), "class_set": "voc20",
                        "cache_dir": str(tmp_path / "dc")}, "val")
     cpm = tc.resolve_cfg({})["cpm"]
@@ -613,8 +614,8 @@ def test_cached_and_online_agree_on_coco_mini(coco_mini_root, tmp_path):
         gt = torch.from_numpy(Geometry.from_dict(it["geometry"]).warp_to_crop(ds.load_mask(it["id"]), "nearest", 0))
         cam = torch.stack([F.avg_pool2d((gt == c + 1).float()[None, None], 31, 1, 15)[0, 0] for c in range(20)])[None]
         cam = cam / cam.amax((2, 3), keepdim=True).clamp_min(1e-6)
-        cached = tc.cpm_targets(sam, b, cam, cpm, "cached")[0]
-        online = tc.cpm_targets(sam, b, cam, cpm, "online")[0]
+        cached = objective.cpm_targets(sam, b, cam, cpm, "cached")[0]
+        online = objective.cpm_targets(sam, b, cam, cpm, "online")[0]
         for c in torch.unique(cached).tolist():
             if c in (0, 255):
                 continue
@@ -634,7 +635,7 @@ def test_on_epoch_end_stops_after_a_checkpoint_and_a_nan_loss_stops_training(cac
     assert not (tmp_path / "a" / "model.pt").exists()
     assert [int(r["epoch"]) for r in _csv(tmp_path / "a" / "losses.csv")] == [1, 1]
 
-    real = tc.compute_losses
+    real = objective.compute_losses
 
     def nan_loss(*a, **k):
         parts = real(*a, **k)
@@ -671,19 +672,19 @@ def test_oracle_ablation_prompts_from_gt_and_needs_masks(caches, fake_sam, monke
     data = CAMTrainDataset(caches["ds"], cfg["augment"], EmbeddingReader(caches["embed"]), None, 0, gt_masks=True)
     batch = collate([data[i] for i in range(4)])
     assert batch["gt"].shape == batch["valid"].shape and batch["gt"].dtype == torch.long
-    peaks = tc.cpm_peaks(torch.zeros(4, 20, *batch["gt"].shape[-2:]), batch, cfg["cpm"])
+    peaks = objective.cpm_peaks(torch.zeros(4, 20, *batch["gt"].shape[-2:]), batch, cfg["cpm"])
     for b, per in enumerate(peaks):
         for c, pts in per:
             assert batch["labels"][b, c] == 1
             assert all(batch["gt"][b, int(y), int(x)] == c + 1 for x, y in pts.tolist())
     torch.manual_seed(0)
     model = tiny_model()
-    out = tc.compute_losses(model, batch, cfg, None, True)
+    out = objective.compute_losses(model, batch, cfg, None, True)
     assert out["loss_cpm"] > 0 and out["loss_ssc"] == 0
     # a split without GT masks: a clear error at dataset build, not a silent all-background target
     monkeypatch.setattr(type(caches["ds"]), "load_mask", lambda self, i: None)
     with pytest.raises(S2CError, match="oracle needs GT masks"):
-        tc.build_dataset(caches["data"], "train", cfg, caches["embed"], caches["se"])
+        cam_training.build_dataset(caches["data"], "train", cfg, caches["embed"], caches["se"])
 
 
 def test_min_pred_iou_drops_the_masks_sam_rates_low(caches, monkeypatch):
@@ -700,9 +701,29 @@ def test_min_pred_iou_drops_the_masks_sam_rates_low(caches, monkeypatch):
     labels[0, [0, 2]] = 1
     cam = _blob_cam(3, 40, 60, {0: [(10, 10, 1.0)], 2: [(45, 25, 1.0)]})
     base = tc.resolve_cfg({"cpm": {"min_distance": 3}})["cpm"]
-    keep_all = tc.cpm_targets(None, _batch_for(geo, labels), cam, base, "cached")
+    keep_all = objective.cpm_targets(None, _batch_for(geo, labels), cam, base, "cached")
     assert set(keep_all.unique().tolist()) == {0, 1, 3}
-    strict = tc.cpm_targets(None, _batch_for(geo, labels), cam, {**base, "min_pred_iou": 0.9}, "cached")
+    strict = objective.cpm_targets(None, _batch_for(geo, labels), cam, {**base, "min_pred_iou": 0.9}, "cached")
     assert set(strict.unique().tolist()) == {0, 3}  # class 0's mask (IoU 0.5) dropped: its pixels background
     with pytest.raises(S2CError, match="min_pred_iou"):
         tc.resolve_cfg({"cpm": {"min_pred_iou": 1.5}})
+
+
+def test_module_doc_documents_every_cam_key_and_states_no_default():
+    """The train_cam docstring explains each key of the cam section once; the values live only in
+    s2c.sections.TRAIN_DEFAULTS (a docstring that restated them went stale)."""
+    import re
+
+    from s2c.sections import TRAIN_DEFAULTS
+
+    def flat(d, p=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "augment":
+                yield from flat(v, p + k + ".")
+            else:
+                yield p + k
+
+    doc = tc.__doc__
+    table = doc[doc.index("key                       meaning"):doc.index("``--sam-cfg``")]
+    keys = [m.group(1) for m in re.finditer(r"^([a-z_]+(?:\.[a-z_]+)?)\s{2,}\S", table, re.M) if m.group(1) != "key"]
+    assert sorted(keys) == sorted(flat(TRAIN_DEFAULTS))
