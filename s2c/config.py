@@ -192,9 +192,44 @@ def _schema_error_line(err) -> str:
     return f"config key {key}: {msg}"
 
 
-def validate_config(config: dict, schema_path: str | os.PathLike | None = None) -> dict:
-    """Coerce command-line strings, fill schema defaults and validate ``config`` in place.
+def fill_schema_defaults(schema: dict, tables: dict[str, dict]) -> dict:
+    """``schema`` with the ``default`` of each key of ``tables`` (section name → that section's
+    defaults) taken from the table: the tables own those defaults, the schema file states none.
 
+    A dict-valued default whose schema lists properties becomes ``{}`` filled key by key, as a
+    schema default of ``{}`` with defaulted properties would; keys the schema requires get no
+    default (a missing one stays an error). Returns a copy; ``schema`` is left as it is.
+    """
+    schema = copy.deepcopy(schema)
+
+    def fill(node: dict, table: dict, path: str) -> None:
+        props, required = node.get("properties", {}), set(node.get("required", []))
+        for k, v in table.items():
+            if k in required:
+                continue
+            if k not in props:
+                raise S2CError(f"default of {path}.{k} names no key of the schema; add it to the schema")
+            sub = props[k]
+            if "default" in sub and sub["default"] != v:
+                raise S2CError(f"{path}.{k} has two defaults, {sub['default']!r} in the schema and {v!r} in "
+                               "its table; keep the table's")
+            if isinstance(v, dict) and v and "properties" in sub:
+                sub["default"] = {}
+                fill(sub, v, f"{path}.{k}")
+            else:
+                sub["default"] = copy.deepcopy(v)
+
+    for section, table in tables.items():
+        fill(schema["properties"][section], table, section)
+    return schema
+
+
+def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
+                    defaults: dict[str, dict] | None = None) -> dict:
+    """Coerce command-line strings, fill defaults and validate ``config`` in place.
+
+    Defaults: the schema's own, and those of ``defaults`` (section name → table,
+    :func:`fill_schema_defaults`; the workflow passes :data:`s2c.sections.SCHEMA_DEFAULTS`).
     Raises S2CError with one line naming the first bad key (path ``section.key``) and the fix —
     not the schema dump Snakemake's ``validate`` prints. Returns ``config``.
     """
@@ -202,6 +237,8 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None) 
     from jsonschema import Draft202012Validator, ValidationError, validators
 
     schema = yaml.safe_load(open(schema_path or SCHEMA_PATH))
+    if defaults:
+        schema = fill_schema_defaults(schema, defaults)
     _coerce_by_schema(config, schema)
     props_validator = Draft202012Validator.VALIDATORS["properties"]
 

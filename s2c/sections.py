@@ -1,16 +1,19 @@
 """The hyperparameter sections of the config: every key's default and allowed values, one place.
 
-The JSON schema (``workflow/schemas/config.schema.yaml``) validates the workflow-level keys and the
-types and ranges of these sections; the key lists, defaults and allowed words live here, next to
-the resolver of each section. Stage modules import their section from here (``train_cam`` takes
-``cam``, ``train_seg`` takes ``seg``, …) and :func:`resolve_sections` runs every resolver when the
-DAG is built, so a typo such as ``cam.lrr`` or ``cam.augment.fllip`` fails before any job starts.
+The JSON schema (``workflow/schemas/config.schema.yaml``) validates the types and ranges of every
+section and owns the defaults of the workflow-level keys only (``run``, ``splits``, ``ablations``, …);
+the defaults of the stage sections live here, next to the resolver of each section, or in the
+library module that owns them, and :data:`SCHEMA_DEFAULTS` hands those the schema fills to
+:func:`validate_workflow_config` (so the schema states no default of its own for them). Stage modules
+import their section from here (``train_cam`` takes ``cam``, ``train_seg`` takes ``seg``, …) and
+:func:`resolve_sections` runs every resolver when the DAG is built, so a typo such as ``cam.lrr`` or
+``cam.augment.fllip`` fails before any job starts.
 
 This module sits below the stages and imports none of them: the registry is built from the
 library's own default dicts (:data:`s2c.models.classifier.CAM_DEFAULTS`,
 :data:`s2c.models.deeplab.SEG_DEFAULTS`, :data:`s2c.data.transforms.AUG_DEFAULTS`,
-:data:`s2c.refine.crf.CRF_DEFAULTS`, :data:`s2c.refine.sam_post.SAM_DEFAULTS`, the allowed words of
-:mod:`s2c.losses.cpm`).
+:data:`s2c.data.DATA_DEFAULTS`, :data:`s2c.refine.crf.CRF_DEFAULTS`,
+:data:`s2c.refine.sam_post.SAM_POST_DEFAULTS`, the allowed words of :mod:`s2c.losses.cpm`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from .config import merge_section
+from .config import merge_section, validate_config
+from .data import DATA_DEFAULTS
 from .data.transforms import AUG_DEFAULTS, TrainAugment
 from .errors import S2CError
 from .losses.cpm import ALPHA_SAM, BACKGROUND, CONFIDENCE, CONFIDENCE_SOURCES, LOSS_MODES, PEAK_RULES
@@ -26,32 +30,32 @@ from .metrics import DEFAULT_THRESHOLDS
 from .models.classifier import CAM_DEFAULTS, cfg_get
 from .models.deeplab import SEG_DEFAULTS
 from .refine.crf import CRF_DEFAULTS
-from .refine.sam_post import SAM_DEFAULTS
+from .refine.sam_post import SAM_POST_DEFAULTS
 from .sam.build import DEFAULT_MODEL_TYPE
 from .sam.prompt import SAM_RESIZE
 
 # ---------------------------------------------------------------------------------------- sam
-# The workflow schema validates the sam section's types; each cache stage takes these keys of it
-# (the rules pass exactly these, s2c.stages.sam_embed / s2c.stages.sam_everything document them).
-#: What sam_embed takes of the ``sam`` section.
-SAM_EMBED_DEFAULTS: dict[str, Any] = {
+#: The ``sam`` section: the SAM model and how its caches are built (the schema checks the types).
+SAM_SECTION_DEFAULTS: dict[str, Any] = {
     "model_type": DEFAULT_MODEL_TYPE,
-    "checkpoint": None,
+    "checkpoint": None,       # null with vit_t: MobileSAM is provisioned into weights_dir
+    "parts": 1,               # cache jobs per split, one store each
     "batch_size": 4,
     "amp": False,
     "skip_corrupt": False,
     "num_workers": 2,
-    "embed_codec": "fp16",  # s2c.sam.cache.EMBED_CODECS: fp16 | int8 | int6
+    "embed_codec": "fp16",    # s2c.sam.cache.EMBED_CODECS: fp16 | int8 | int6
+    "everything": {},         # its keys' defaults: s2c.sam.everything.EVERYTHING_DEFAULTS
 }
-#: What sam_everything takes of the ``sam`` section (``everything``: s2c.sam.everything.EVERYTHING_DEFAULTS).
-SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {
-    "model_type": DEFAULT_MODEL_TYPE,
-    "checkpoint": None,
-    "skip_corrupt": False,
-    "num_workers": 2,
-    "everything": {},
-    "embed_codec": "fp16",  # the codec of the embedding store it decodes from (everything.reuse_embedding)
-}
+# Each cache stage takes these keys of it (the rules pass exactly these, s2c.stages.sam_embed /
+# s2c.stages.sam_everything document them); sam_everything decodes the embedding store written with
+# embed_codec (everything.reuse_embedding).
+#: What sam_embed takes of the ``sam`` section.
+SAM_EMBED_DEFAULTS: dict[str, Any] = {k: SAM_SECTION_DEFAULTS[k] for k in (
+    "model_type", "checkpoint", "batch_size", "amp", "skip_corrupt", "num_workers", "embed_codec")}
+#: What sam_everything takes of the ``sam`` section.
+SAM_EVERYTHING_DEFAULTS: dict[str, Any] = {k: SAM_SECTION_DEFAULTS[k] for k in (
+    "model_type", "checkpoint", "skip_corrupt", "num_workers", "everything", "embed_codec")}
 
 #: The folder (``results/<run>/ablations/<row>/seed<S>``) of the shared L_CLS-only warm-up that
 #: the ablation rows start from when the workflow's ``ablations.warmup`` is set.
@@ -99,22 +103,22 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 MODEL_KEYS = tuple(CAM_DEFAULTS)  # backbone, pretrained, output_stride, freeze_bn, freeze_stem, feat_dim
 
-# The paper's ablation rows (METHOD.md §6) as overrides of the keys above.
+# The paper's ablation rows (METHOD.md §6) as overrides of the keys above (their figures: PAPER_VOC_CAM).
 ABLATIONS: dict[str, dict] = {
-    "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1: 50.1
-    "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1: 57.3
-    "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1: 63.2
-    "s2c": {},                                                                   # Table 1: 76.1
+    "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1
+    "ssc_logit": {"ssc": {"level": "logit"}, "cpm": {"enabled": False}},         # Table 1
+    "ssc_feature": {"ssc": {"level": "feature"}, "cpm": {"enabled": False}},     # Table 1
+    "s2c": {},                                                                   # Table 1
     "cpm_only": {"ssc": {"enabled": False}},                                     # (not in the paper)
     # diagnostics, not in the paper: CPM from GT-instance points (needs GT masks), and CPM keeping
     # only the masks SAM itself rates well (SAM's automatic generator's own pred_iou_thresh)
     "cpm_oracle": {"ssc": {"enabled": False}, "cpm": {"prompts": "oracle"}},
     "cpm_sam_iou": {"ssc": {"enabled": False}, "cpm": {"min_pred_iou": 0.88}},
-    "single_peak": {"cpm": {"single_peak": True}},                               # Table 2: 73.0
-    "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2: 72.7
-    "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2: 73.2
+    "single_peak": {"cpm": {"single_peak": True}},                               # Table 2
+    "no_confidence": {"cpm": {"confidence": "none"}},                            # Table 2
+    "sam_confidence": {"cpm": {"confidence": "sam"}},                            # Table 2
     "cam_confidence": {"cpm": {"confidence": "cam"}},                            # (no SAM score)
-    "no_background": {"cpm": {"loss": "l1"}},                                    # Table 2: 74.9
+    "no_background": {"cpm": {"loss": "l1"}},                                    # Table 2
 }
 #: CAM mIoU (VOC train) the paper reports for each ablation row (Tables 1 / 2; None: not reported).
 PAPER_VOC_CAM: dict[str, float | None] = {
@@ -249,7 +253,7 @@ PSEUDO_DEFAULTS: dict[str, Any] = {
     "threshold": None,   # None → the "threshold" of --threshold-json
     "refine": "none",
     "crf": dict(CRF_DEFAULTS),
-    "sam": dict(SAM_DEFAULTS),
+    "sam": dict(SAM_POST_DEFAULTS),
 }
 
 
@@ -260,7 +264,7 @@ def resolve_pseudo(cfg: dict | None) -> dict:
     out = merge_section({k: v for k, v in PSEUDO_DEFAULTS.items() if k not in subs},
                         {k: v for k, v in cfg.items() if k not in subs}, "pseudo", ignore=subs)
     out["crf"] = merge_section(CRF_DEFAULTS, cfg.get("crf"), "pseudo.crf")
-    out["sam"] = merge_section(SAM_DEFAULTS, cfg.get("sam"), "pseudo.sam")
+    out["sam"] = merge_section(SAM_POST_DEFAULTS, cfg.get("sam"), "pseudo.sam")
     if out["refine"] not in REFINEMENTS:
         raise S2CError(f"pseudo.refine: {out['refine']!r} is not one of {list(REFINEMENTS)}")
     return out
@@ -314,9 +318,9 @@ EVAL_SEG_DEFAULTS: dict[str, Any] = {
     "flip": False,       # also average the horizontally flipped image
     "crf": False,        # denseCRF post-processing: false, true (EVAL_SEG_CRF_DEFAULTS) or a dict overriding some
     "num_workers": 2,    # image-reading workers
-    "amp": False,        # fp16 autocast (CUDA only). Measured on an H100: with EfficientNet-Lite0 every new
-                         # input shape first costs ~1 s (fp16 depthwise-conv kernel setup), so with
-                         # varied image sizes fp32 is faster; ResNet backbones do not pay this.
+    "amp": False,        # fp16 autocast (CUDA only). Off: with EfficientNet-Lite0, fp16 sets up its
+                         # depthwise-conv kernels anew for every input shape, which on images of
+                         # varied sizes costs more than fp16 saves; ResNet backbones do not pay this.
 }
 
 
@@ -342,6 +346,26 @@ def resolve_eval_seg(cfg: dict | None) -> dict:
     out = merge_section(EVAL_SEG_DEFAULTS, cfg, "eval_seg")
     eval_seg_crf(out["crf"])
     return out
+
+
+# ------------------------------------------------------------------------- schema defaults
+#: The sections whose defaults the DAG build fills into the config itself (the rules pass them
+#: filled; the other sections are passed as written and merged over their defaults by their stage).
+#: The schema states no default for these keys: :func:`validate_workflow_config` takes them from
+#: here (``data``'s required ``kind`` and ``root`` get none). Which sections are filled matters
+#: only for the text of the rules' params: changing it would rerun finished jobs.
+SCHEMA_DEFAULTS: dict[str, dict] = {
+    "data": DATA_DEFAULTS,
+    "sam": SAM_SECTION_DEFAULTS,
+    "infer_cam": INFER_CAM_DEFAULTS,
+    "pseudo": PSEUDO_DEFAULTS,
+}
+
+
+def validate_workflow_config(config: dict, schema_path=None) -> dict:
+    """The DAG build's config check (``workflow/Snakefile``): :func:`s2c.config.validate_config`
+    with the defaults of :data:`SCHEMA_DEFAULTS` filled in. Raises S2CError; returns ``config``."""
+    return validate_config(config, schema_path, defaults=SCHEMA_DEFAULTS)
 
 
 # ----------------------------------------------------------------------------------- registry

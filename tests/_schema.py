@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import yaml
 
-from s2c.config import SCHEMA_PATH
+from s2c.config import SCHEMA_PATH, fill_schema_defaults
+from s2c.sections import SCHEMA_DEFAULTS
 
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+#: The schema file as written (it states the workflow-level defaults only).
+RAW_SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+#: The schema the DAG build validates against: the file with s2c.sections.SCHEMA_DEFAULTS filled in.
+SCHEMA = fill_schema_defaults(RAW_SCHEMA, SCHEMA_DEFAULTS)
 
 
 def types_of(s: dict) -> list[str]:

@@ -39,7 +39,7 @@ def _demo():
 
 def test_schema_coercion_of_command_line_strings():
     """What `--config` hands over (BaseLoader strings) validates as the file would."""
-    from s2c.config import validate_config
+    from s2c.sections import validate_workflow_config as validate_config
 
     cfg = _demo()
     cfg["sam"].update(parts="2", amp="false", checkpoint="null")
@@ -68,7 +68,7 @@ def test_schema_coercion_of_command_line_strings():
     (lambda c: c["cam"]["cpm"].update(tau=1.5), "config key cam.cpm.tau = 1.5 must be <= 1"),
 ])
 def test_schema_errors_are_one_line_naming_the_key(mutate, line):
-    from s2c.config import validate_config
+    from s2c.sections import validate_workflow_config as validate_config
 
     cfg = _demo()
     mutate(cfg)

@@ -32,8 +32,8 @@ import pytest
 import torch
 import yaml
 
-from s2c.config import validate_config
 from s2c.sections import resolve_sections
+from s2c.sections import validate_workflow_config as validate_config
 from s2c.errors import S2CError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 (hypothesis-jsonschema), valid ones and near-valid ones (one key mutated: wrong type, out of range,
 not an allowed word, empty list, reversed range, unknown key, not a finite number).
 
-The property is the DAG build's config phase (``validate_config`` in workflow/Snakefile, then
+The property is the DAG build's config phase (``validate_workflow_config`` in workflow/Snakefile, then
 ``resolve_sections`` in workflow/rules/common.smk): every config either stops with one
 ``S2CError`` line naming the key, or every stage's resolver accepts it; a mutated key is always
 refused (accepting it would be a silent no-op or a crash in a job). Bounded examples here; the long
@@ -24,10 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from s2c.config import key_name, validate_config
+from s2c.config import key_name
 from s2c.data.transforms import AUG_DEFAULTS
 from s2c.errors import S2CError
 from s2c.models.classifier import CAM_DEFAULTS
+from s2c.sections import validate_workflow_config as validate_config
 from s2c.sections import (ABLATIONS, CAM_CHOICES, EVAL_SEG_CRF_DEFAULTS, EVAL_SEG_DEFAULTS, REFINEMENTS,
                           SEG_TRAIN_DEFAULTS, TRAIN_DEFAULTS, resolve_sections)
 

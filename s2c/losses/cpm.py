@@ -54,8 +54,8 @@ def multiscale_prompt_cams(forward_cams: Callable[[torch.Tensor], torch.Tensor],
         forward_cams: images (b,3,h,w) → raw CAMs (b,C,h',w'), each image independent of the others
             (eval mode, frozen BatchNorm), so running it on slices of the batch changes nothing.
         images: (B, 3, H, W) normalised crops. labels: (B, C).
-        chunk: images per ``forward_cams`` call (None: the whole batch). On CPU, image by image runs
-            the 2× upscaled batch ~2× faster than one call (its activations stay in cache).
+        chunk: images per ``forward_cams`` call (None: the whole batch). On CPU, image by image
+            keeps the activations of the upscaled batch in cache.
     Returns:
         (B, C, H, W) in [0, 1], absent classes 0, no gradient.
     """
@@ -75,7 +75,7 @@ def _sliding_max(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
 
     Same values as ``max_pool2d`` with that window, padding ``radius`` and stride 1, but by
     doubling (log₂ of the window in elementwise maxima instead of one comparison per window
-    element): ~7× faster for the reference's 41-px window.
+    element), which pays off for windows as wide as the reference's 41 px.
     """
     if radius <= 0:
         return x

@@ -1,20 +1,20 @@
-"""The CAM classifier of S2C (METHOD.md §2): backbone → F (256-d) → CAMs → GAP logits.
+"""The CAM classifier of S2C (METHOD.md §2): backbone → F (feat_dim channels) → CAMs → GAP logits.
 
 ``build_classifier(cam_cfg, num_classes, weights_dir)`` reads these keys of the config's ``cam``
-section (any other keys — the trainer's — are ignored):
+section (any other keys — the trainer's — are ignored; defaults: :data:`CAM_DEFAULTS`):
 
-=================  ===========  ============================================================
-key                default      meaning
-=================  ===========  ============================================================
-backbone           resnet38d    resnet38d | efficientnet_lite0 | resnet50 | resnet101
-pretrained         true         true (default ImageNet source, see s2c.models.backbones),
-                                false (random), or a path to a weights file
-output_stride      8            final feature stride
-freeze_bn          true         all backbone BatchNorms in eval mode, affine params frozen
-freeze_stem        true         no grads for the backbone stem (resnet38d: conv1a, b2, b2_1,
-                                b2_2; efficientnet_lite0: stem + block 0; resnets: conv1, bn1)
-feat_dim           256          D, channels of the feature map F
-=================  ===========  ============================================================
+=================  ============================================================
+key                meaning
+=================  ============================================================
+backbone           resnet38d | efficientnet_lite0 | resnet50 | resnet101
+pretrained         true (default ImageNet source, see s2c.models.backbones),
+                   false (random), or a path to a weights file
+output_stride      final feature stride
+freeze_bn          all backbone BatchNorms in eval mode, affine params frozen
+freeze_stem        no grads for the backbone stem (resnet38d: conv1a, b2, b2_1,
+                   b2_2; efficientnet_lite0: stem + block 0; resnets: conv1, bn1)
+feat_dim           D, channels of the feature map F
+=================  ============================================================
 
 ``freeze_bn`` keeps the statistics the backbone has: with ``pretrained: false`` those are untrained
 (mean 0, var 1) and activations grow unnormalised with depth (a random ResNet-101 overflows to

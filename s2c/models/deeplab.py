@@ -1,17 +1,17 @@
 """DeepLabV3 / V3+ segmentation network for the last WSSS stage (training on pseudo-labels).
 
 ``build_deeplab(seg_cfg, num_classes_with_bg, weights_dir)`` reads these keys of the ``seg``
-config section (others are the trainer's and ignored):
+config section (others are the trainer's and ignored; defaults: :data:`SEG_DEFAULTS`):
 
-=================  ===========  ============================================================
-key                default      meaning
-=================  ===========  ============================================================
-backbone           resnet101    resnet38d | efficientnet_lite0 | resnet50 | resnet101
-pretrained         true         true (default ImageNet source), false, or a weights file path
-output_stride      16           8 or 16 (resnet38d: 8 only)
-head               v3plus       v3plus (ASPP + stride-4 decoder) | v3 (ASPP only)
-freeze_bn          false        freeze the *backbone's* BatchNorms (the head's always train)
-=================  ===========  ============================================================
+=================  ============================================================
+key                meaning
+=================  ============================================================
+backbone           resnet38d | efficientnet_lite0 | resnet50 | resnet101
+pretrained         true (default ImageNet source), false, or a weights file path
+output_stride      8 or 16 (resnet38d: 8 only)
+head               v3plus (ASPP + stride-4 decoder) | v3 (ASPP only)
+freeze_bn          freeze the *backbone's* BatchNorms (the head's always train)
+=================  ============================================================
 
 The ASPP module is torchvision's (``torchvision.models.segmentation.deeplabv3.ASPP``). Its
 image-pooling branch has a BatchNorm on a 1×1 map, so training needs batches of ≥ 2 images.

@@ -1,8 +1,8 @@
 """denseCRF refinement of CAMs (METHOD.md §7), as in the PSA/IRN reference ``crf_inference``.
 
 Scores are [(1 − max_c A^c)^α; A^1..A^K] (background first), turned into unaries by
-``-log(p)``, then a fully connected CRF with a Gaussian (sxy 3, compat 3) and a bilateral
-(sxy 80, srgb 13, compat 10) kernel runs for 10 mean-field iterations.
+``-log(p)``, then a fully connected CRF with a Gaussian and a bilateral kernel runs a few
+mean-field iterations (kernel settings and iterations: :data:`CRF_DEFAULTS`, the reference's).
 
 :func:`dense_crf` (scores → marginals) is the generic entry, also used by eval_seg;
 :func:`crf_label` builds the CAM scores and returns a label map.
@@ -20,14 +20,16 @@ import numpy as np
 from ..errors import S2CError
 
 #: keys of the pseudo_labels ``crf`` sub-section; alpha None → derived from the threshold.
+#: Whole numbers are written as ints: the workflow passes the section to the rules as JSON, and a
+#: float would change the text of their params (and so rerun finished jobs).
 CRF_DEFAULTS: dict = {
     "alpha": None,
     "iters": 10,
-    "gauss_sxy": 3.0,
-    "gauss_compat": 3.0,
-    "bilateral_sxy": 80.0,
-    "bilateral_srgb": 13.0,
-    "bilateral_compat": 10.0,
+    "gauss_sxy": 3,
+    "gauss_compat": 3,
+    "bilateral_sxy": 80,
+    "bilateral_srgb": 13,
+    "bilateral_compat": 10,
 }
 
 
@@ -50,9 +52,11 @@ def alpha_for_threshold(threshold: float) -> float:
     return math.log(threshold) / math.log(1.0 - threshold)
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = 10, gauss_sxy: float = 3.0,
-              gauss_compat: float = 3.0, bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0,
-              bilateral_compat: float = 10.0) -> np.ndarray:
+def dense_crf(image: np.ndarray, probs: np.ndarray, iters: int = CRF_DEFAULTS["iters"],
+              gauss_sxy: float = CRF_DEFAULTS["gauss_sxy"], gauss_compat: float = CRF_DEFAULTS["gauss_compat"],
+              bilateral_sxy: float = CRF_DEFAULTS["bilateral_sxy"],
+              bilateral_srgb: float = CRF_DEFAULTS["bilateral_srgb"],
+              bilateral_compat: float = CRF_DEFAULTS["bilateral_compat"]) -> np.ndarray:
     """Mean-field denseCRF over class scores.
 
     image: uint8 (H, W, 3) RGB. probs: float (K, H, W) non-negative scores (need not sum to 1;

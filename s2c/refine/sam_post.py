@@ -2,7 +2,7 @@
 
 A SAM mask S (one segment of the SE map) is assigned to class i when
 
-    |R_i ∩ S| / |S| > fg_ratio (0.5)   or   |R_i ∩ S| / |R_i| >= region_ratio (0.85),
+    |R_i ∩ S| / |S| > fg_ratio   or   |R_i ∩ S| / |R_i| >= region_ratio
 
 with R_i the region of class i in the input label map (foreground classes; background competes
 too only with ``include_background``). A mask is claimed by ONE class only: when several classes
@@ -22,7 +22,9 @@ import numpy as np
 
 from ..errors import S2CError
 
-SAM_DEFAULTS: dict = {
+#: The ``pseudo.sam`` sub-section: SAM post-processing of pseudo-labels (not the ``sam`` section,
+#: whose keys build the SAM caches).
+SAM_POST_DEFAULTS: dict = {
     "fg_ratio": 0.5,
     "region_ratio": 0.85,
     "include_background": False,
@@ -32,8 +34,10 @@ SAM_DEFAULTS: dict = {
 IGNORE = 255
 
 
-def sam_refine(label: np.ndarray, se_map: np.ndarray, fg_ratio: float = 0.5, region_ratio: float = 0.85,
-               include_background: bool = False, keep_unclaimed: bool = False) -> np.ndarray:
+def sam_refine(label: np.ndarray, se_map: np.ndarray, fg_ratio: float = SAM_POST_DEFAULTS["fg_ratio"],
+               region_ratio: float = SAM_POST_DEFAULTS["region_ratio"],
+               include_background: bool = SAM_POST_DEFAULTS["include_background"],
+               keep_unclaimed: bool = SAM_POST_DEFAULTS["keep_unclaimed"]) -> np.ndarray:
     """Refine a label map with the SE masks.
 
     label: uint8 (H, W), 0 = background, c+1 = class c, 255 = ignore (255 is no region and

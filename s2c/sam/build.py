@@ -124,7 +124,7 @@ def guess_model_type(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise S2CError(f"SAM checkpoint {path} not found; check sam.checkpoint or run `python -m s2c.weights`")
+        raise S2CError(f"SAM checkpoint {path} not found; check sam.checkpoint or run `s2c fetch_weights --weights-dir DIR`")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:

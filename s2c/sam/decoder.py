@@ -45,7 +45,7 @@ def attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last dim (a handful of tokens): ~6× faster on CPU than torch.softmax there."""
+    """Softmax over a short last dim (a handful of tokens): cheaper on CPU than torch.softmax there."""
     e = (x - x.amax(-1, keepdim=True)).exp_()
     return e / e.sum(-1, keepdim=True)
 
@@ -136,7 +136,7 @@ def upscale(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """SAM's ``output_upscaling`` in channels-last memory: x (B, C, h, w) → (B, C/8, 4h, 4w).
 
     SAM's LayerNorm2d normalises over channels with five separate passes over an NCHW tensor; in
-    channels-last layout the same normalisation is one ``layer_norm`` call (~3× faster on CPU).
+    channels-last layout the same normalisation is one ``layer_norm`` call (one pass instead of five).
     """
     x = x.contiguous(memory_format=torch.channels_last)
     for m in layers:

@@ -1,7 +1,7 @@
 """Multi-scale × flip CAM inference into one compact HDF5 store per (run, split).
 
-For every image of a split, the trained classifier runs at scales (0.5, 1, 1.5, 2) on the image
-and its horizontal flip (METHOD.md §7); ReLU CAMs of the image's *labelled* classes are resized to
+For every image of a split, the trained classifier runs at the ``infer_cam`` scales on the image
+and (``flip``) its horizontal flip (METHOD.md §7); ReLU CAMs of the image's *labelled* classes are resized to
 the image size, summed, and each class is divided by its max. The store holds, per image,
 the (K, H, W) float16 CAMs and the K foreground class indices — nothing for absent classes, which
 keeps a VOC train store at ~1/10 of a dense one.

@@ -20,16 +20,16 @@ EfficientNet-Lite0 at OS16 and 320 px (~2.6 GB for VOC's train_aug).
 
 Config — ``--probe`` (defaults :data:`PROBE_DEFAULTS`):
 
-==========  =======  ==========================================================================
-key         default  meaning
-==========  =======  ==========================================================================
-long_side   320      long side (px) the images are resized to for the features
-steps       3000     optimizer steps on the head
-batch_size  16       feature maps per step (each an image or its flip)
-lr          0.1      initial LR (poly decay, power 0.9)
-momentum    0.9
-seed        0        sampling of the batches (the workflow passes the row's seed)
-==========  =======  ==========================================================================
+==========  ==========================================================================
+key         meaning
+==========  ==========================================================================
+long_side   long side (px) the images are resized to for the features
+steps       optimizer steps on the head
+batch_size  feature maps per step (each an image or its flip)
+lr          initial LR (poly decay, power 0.9)
+momentum    SGD momentum
+seed        sampling of the batches (the workflow passes the row's seed)
+==========  ==========================================================================
 """
 
 from __future__ import annotations

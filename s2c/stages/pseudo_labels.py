@@ -8,12 +8,14 @@
 
 Config (the ``pseudo`` section; defaults in :data:`DEFAULTS`):
 
-- ``threshold`` (null): fixed background threshold; null → the ``threshold`` of ``--threshold-json``.
-- ``refine`` ("none"): none | crf | sam.
-- ``crf``: ``alpha`` (null → α with (1 − t)^α = t), ``iters`` 10, ``gauss_sxy`` 3, ``gauss_compat`` 3,
-  ``bilateral_sxy`` 80, ``bilateral_srgb`` 13, ``bilateral_compat`` 10 (PSA/IRN values).
-- ``sam``: ``fg_ratio`` 0.5 (|R∩S|/|S| >), ``region_ratio`` 0.85 (|R∩S|/|R| >=),
-  ``include_background`` true (background competes for masks like a class).
+- ``threshold``: fixed background threshold; null → the ``threshold`` of ``--threshold-json``.
+- ``refine``: none | crf | sam.
+- ``crf`` (:data:`s2c.refine.crf.CRF_DEFAULTS`, the PSA/IRN values): ``alpha`` (null → α with
+  (1 − t)^α = t), ``iters``, ``gauss_sxy``, ``gauss_compat``, ``bilateral_sxy``, ``bilateral_srgb``,
+  ``bilateral_compat``.
+- ``sam`` (:data:`s2c.refine.sam_post.SAM_POST_DEFAULTS`): ``fg_ratio`` (|R∩S|/|S| >),
+  ``region_ratio`` (|R∩S|/|R| >=), ``include_background`` (background competes for masks like a
+  class), ``keep_unclaimed`` (masks no class claims keep their labels).
 
 The output folder holds ``<id>.png`` (VOC palette) for every id of the split; it is written to a
 temporary sibling and renamed, so it is either complete or absent.

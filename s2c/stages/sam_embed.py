@@ -9,16 +9,16 @@ resumes from the partial store. The store layout is documented in :mod:`s2c.sam.
 
 Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EMBED_DEFAULTS`):
 
-- ``model_type`` (``vit_t``): vit_h | vit_l | vit_b | vit_t (MobileSAM) | vit_test (tiny random, tests).
-- ``checkpoint`` (``None``): SAM weights; None with vit_t provisions MobileSAM into ``--weights-dir``.
-- ``batch_size`` (4): images per encoder call.
-- ``amp`` (``False``): bfloat16 autocast for the encoder on CUDA (embeddings are stored fp16 anyway).
-- ``skip_corrupt`` (``False``): a corrupt image fails the job naming the file; when true it is
+- ``model_type``: vit_h | vit_l | vit_b | vit_t (MobileSAM) | vit_test (tiny random, tests).
+- ``checkpoint``: SAM weights; None with vit_t provisions MobileSAM into ``--weights-dir``.
+- ``batch_size``: images per encoder call.
+- ``amp``: bfloat16 autocast for the encoder on CUDA (embeddings are stored fp16 anyway).
+- ``skip_corrupt``: a corrupt image fails the job naming the file; when true it is
   skipped and listed in the store attributes (``skipped``) and the manifest.
-- ``num_workers`` (2): image-decoding worker processes.
-- ``embed_codec`` (``fp16``): how the store keeps the embeddings (:data:`s2c.sam.cache.EMBED_CODECS`):
-  ``fp16`` ~1.75 MB per image; ``int8`` / ``int6`` per-channel quantised, ~0.75 / ~0.55 MB
-  (``bench/results/cache_codec.txt``). Recorded in the store's settings; readers decode each.
+- ``num_workers``: image-decoding worker processes.
+- ``embed_codec``: how the store keeps the embeddings (:data:`s2c.sam.cache.EMBED_CODECS`):
+  ``fp16``, or ``int8`` / ``int6`` per-channel quantised (smaller stores; sizes and CPM agreement
+  in docs/RESULTS.md). Recorded in the store's settings; readers decode each.
 Other keys of the ``sam`` section (``parts``, ``everything``) are accepted and ignored.
 """
 

@@ -7,16 +7,16 @@ Same part slicing, ``<out>.partial`` + rename, resume and corrupt-image handling
 :mod:`s2c.stages.sam_embed`. Each image's map is SAM automatic mask generation on the original image,
 merged by the ``overlap`` rule (:mod:`s2c.sam.everything`), stored at the image's resolution.
 
-Config (the ``sam`` section): ``model_type`` (vit_t), ``checkpoint`` (None), ``skip_corrupt``
-(False), ``num_workers`` (2), ``everything`` — see :data:`s2c.sam.everything.EVERYTHING_DEFAULTS`:
-``impl`` (fast | stock), ``points_per_side`` (32), ``points_per_batch`` (64), ``pred_iou_thresh``
-(0.88), ``stability_score_thresh`` (0.95), ``stability_score_offset`` (1.0), ``box_nms_thresh``
-(0.7), ``min_mask_region_area`` (0), ``overlap`` (smallest_area | predicted_iou),
-``skip_covered`` (False), ``stability_margin`` (0.15), ``fast_points_per_batch`` (None: 256 on GPU, 4 on CPU),
-``shared_decoder`` (True), ``reuse_embedding`` (True: decode from ``--embed-store``, the
+Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EVERYTHING_DEFAULTS`, those of
+``everything`` in :data:`s2c.sam.everything.EVERYTHING_DEFAULTS`): ``model_type``, ``checkpoint``,
+``skip_corrupt``, ``num_workers``, ``everything``: ``impl`` (fast | stock), ``points_per_side``,
+``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``,
+``box_nms_thresh``, ``min_mask_region_area``, ``overlap`` (smallest_area | predicted_iou),
+``skip_covered``, ``stability_margin``, ``fast_points_per_batch`` (None: chosen by device),
+``shared_decoder``, ``reuse_embedding`` (decode from ``--embed-store``, the
 :mod:`s2c.stages.sam_embed` part store of the same split and part, instead of encoding each image again;
-recorded in the store identity because fp16 embeddings shift a few mask borders); ``embed_codec``
-(fp16): the codec of that embedding store (``sam.embed_codec``: the store must carry it; a
+recorded in the store identity because fp16 embeddings shift a few mask borders); ``embed_codec``:
+the codec of that embedding store (``sam.embed_codec``: the store must carry it; a
 quantised one is also recorded in the SE identity, ``settings.embed_codec``).
 """
 
