@@ -17,24 +17,22 @@ per side, pred_iou_thresh 0.88, stability_score_thresh 0.95, box_nms_thresh 0.7,
      decoded when it lies inside the *finest* output of an earlier point and that output was
      accepted — its own masks would be near-duplicates that NMS removes anyway. Points in coarse
      masks whose finer parts were not accepted are still decoded, but some sub-part
-     masks found only from skipped points are lost (8 COCO images, H100: 5.2x faster than stock,
-     agreement 0.91 — below the 0.95 target, so not for the paper's SE maps; on CPU, 1.9x);
+     masks found only from skipped points are lost, so the maps are not the stock generator's
+     (not for the paper's SE maps; speed and agreement: ``bench/sam_cache.py``);
   3. prompts go through the decoder in batches of ``fast_points_per_batch`` (null = by device:
-     256 on a GPU, where that alone is ~15% faster than the stock batch of 64 on an H100; 4 on a
-     CPU, where the decoder is memory-bound and batches of 4 were ~1.5x faster per prompt than 64
-     with MobileSAM);
+     large on a GPU, which keeps it busy; small on a CPU, where the decoder is memory-bound and
+     small batches stay in cache);
   4. ``shared_decoder``: :func:`s2c.sam.decoder.predict_masks` runs SAM's mask decoder without
-     copying the image embedding once per prompt (bit-identical outputs, ~20% less decoder time
-     on CPU).
+     copying the image embedding once per prompt (bit-identical outputs, less decoder time).
 
   The loop is SAM's generator's shape: :func:`fast_masks` walks the grid levels and batches;
   per batch :func:`_decode_batch` → :func:`_filter_batch` (→ :func:`_coverage` for
   ``skip_covered``); :func:`_nms_output` does the final NMS.
 
 Where the time goes: on a GPU the stock generator spends most of its time upsampling every mask to
-full resolution and round-tripping it through RLE, which (1) avoids (H100, 8 COCO images at 32
-points per side, bench/sam_cache.py: 4.2x faster with (1), (3), (4), identical maps). On a CPU the mask decoder itself dominates (~50 ms per
-prompt) and only decoding fewer prompts (2) helps much.
+full resolution and round-tripping it through RLE, which (1) avoids; on a CPU the mask decoder
+itself dominates and only decoding fewer prompts (2) helps much. The measurements:
+``bench/sam_cache.py`` and docs/RESULTS.md.
 
 Merging (``overlap``): ``smallest_area`` (paper) — a pixel takes the smallest mask containing it;
 ``predicted_iou`` (reference code) — the mask with the highest predicted IoU wins. Ids are then
@@ -393,7 +391,7 @@ def se_agreement(a: np.ndarray, b: np.ndarray) -> float:
     (scipy ``linear_sum_assignment``); unassigned (0) counts as one more segment. The mean is over
     the union of labels of both maps after matching; an unmatched segment counts as IoU 0.
     """
-    from scipy.optimize import linear_sum_assignment  # heavy (~0.3 s), and only this check needs it
+    from scipy.optimize import linear_sum_assignment  # a heavy import, and only this check needs it
 
     a = np.asarray(a, np.int64).ravel()
     b = np.asarray(b, np.int64).ravel()
