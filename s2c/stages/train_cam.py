@@ -168,7 +168,7 @@ from ..plots import note_figure, plot_csv
 from ..sam import prompt as sam_prompt
 from ..sam.build import DEFAULT_MODEL_TYPE, load_sam
 from ..sam.cache import EmbeddingReader, SEMapReader
-from ..sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS
+from ..sections import ABLATIONS, MODEL_KEYS, PAPER_VOC_CAM, TRAIN_DEFAULTS, cam_caches
 from ..sections import resolve_cam as resolve_cfg
 
 __all__ = ["TRAIN_DEFAULTS", "MODEL_KEYS", "ABLATIONS", "PAPER_VOC_CAM", "resolve_cfg", "cpm_start_step",
@@ -341,11 +341,12 @@ def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se
     ds = open_dataset(data_cfg, split)
     h = ds.image_list_hash()
     se = emb = None
-    if cfg["ssc"]["enabled"]:
+    caches = cam_caches(cfg)
+    if "se" in caches:
         if se_manifest is None:
             raise S2CError("cam.ssc.enabled needs --se-manifest (the sam_everything cache); or set cam.ssc.enabled false")
         se = SEMapReader(se_manifest, {"image_list_hash": h})
-    if cfg["cpm"]["enabled"] and cfg["sam_mode"] == "cached":
+    if "embed" in caches:
         if embed_manifest is None:
             raise S2CError("cam.cpm with sam_mode cached needs --embed-manifest (the sam_embed cache); "
                            "or set cam.sam_mode online")
