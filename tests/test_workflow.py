@@ -137,15 +137,16 @@ def test_coco_official_layout_builds_the_dag(tmp_path):
     assert "sam_embed" in text and "train_seg" in text, text
 
 
-def _shell_arg(text: str, module: str, flag: str) -> str:
-    """The value of ``flag`` in the first printed shell command that runs ``python -m <module>``."""
+def _shell_arg(text: str, stage: str, flag: str) -> str:
+    """The value of ``flag`` in the first printed shell command that runs ``s2c <stage>``."""
+    import re
     import shlex
 
     for line in text.splitlines():
-        if f"-m {module} " in line:
+        if re.search(rf"\bs2c (--gpu-slot )?{stage} ", line):
             args = shlex.split(line)
             return args[args.index(flag) + 1]
-    raise AssertionError(f"no {module} command in:\n{text}")
+    raise AssertionError(f"no s2c {stage} command in:\n{text}")
 
 
 def test_vit_h_default_checkpoint_and_sam_section_reach_the_rules(tmp_path):
@@ -164,7 +165,7 @@ def test_vit_h_default_checkpoint_and_sam_section_reach_the_rules(tmp_path):
               "--config", f"weights_dir={weights}", "sam={model_type: vit_h, checkpoint: null, num_workers: 3}")
     text = out.stdout + out.stderr
     assert str(weights / "sam_vit_h_4b8939.pth") in text, text
-    embed = json.loads(_shell_arg(text, "s2c.stages.sam_embed", "--cfg"))
-    everything = json.loads(_shell_arg(text, "s2c.stages.sam_everything", "--cfg"))
+    embed = json.loads(_shell_arg(text, "sam_embed", "--cfg"))
+    everything = json.loads(_shell_arg(text, "sam_everything", "--cfg"))
     assert set(embed) == set(SAM_EMBED_DEFAULTS) and set(everything) == set(SAM_EVERYTHING_DEFAULTS)
     assert embed["num_workers"] == everything["num_workers"] == 3 and embed["model_type"] == "vit_h"
