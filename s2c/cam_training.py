@@ -22,7 +22,7 @@ from .models import build_classifier, read_cam_checkpoint
 from .objective import cpm_start_step
 from .sam.build import DEFAULT_MODEL_TYPE, load_sam
 from .sam.cache import EmbeddingReader, SEMapReader
-from .sections import MODEL_KEYS
+from .sections import MODEL_KEYS, cam_caches
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,12 @@ def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se
     ds = open_dataset(data_cfg, split)
     h = ds.image_list_hash()
     se = emb = None
-    if cfg["ssc"]["enabled"]:
+    caches = cam_caches(cfg)
+    if "se" in caches:
         if se_manifest is None:
             raise S2CError("cam.ssc.enabled needs --se-manifest (the sam_everything cache); or set cam.ssc.enabled false")
         se = SEMapReader(se_manifest, {"image_list_hash": h})
-    if cfg["cpm"]["enabled"] and cfg["sam_mode"] == "cached":
+    if "embed" in caches:
         if embed_manifest is None:
             raise S2CError("cam.cpm with sam_mode cached needs --embed-manifest (the sam_embed cache); "
                            "or set cam.sam_mode online")

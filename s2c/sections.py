@@ -397,3 +397,12 @@ def resolve_sections(config: dict[str, Any]) -> dict[str, dict]:
         except S2CError as e:
             raise S2CError(f"ablations.warmup.cam: {e}") from None
     return out
+
+
+def cam_caches(cam: dict) -> set[str]:
+    """The SAM caches the trainer of a resolved ``cam`` section (:func:`resolve_cam`) streams:
+    ``"se"`` (segment-everything maps) for SSC, ``"embed"`` (image embeddings) for CPM on cached SAM;
+    none for the L_CLS-only baseline or online SAM. The workflow asks this for a run's cache inputs
+    and train_cam for the manifests it requires, so the two cannot disagree."""
+    needs = {"se": cam["ssc"]["enabled"], "embed": cam["cpm"]["enabled"] and cam["sam_mode"] == "cached"}
+    return {kind for kind, needed in needs.items() if needed}

@@ -137,15 +137,16 @@ def test_coco_official_layout_builds_the_dag(tmp_path):
     assert "sam_embed" in text and "train_seg" in text, text
 
 
-def _shell_arg(text: str, module: str, flag: str) -> str:
-    """The value of ``flag`` in the first printed shell command that runs the stage ``s2c <stage>``."""
+def _shell_arg(text: str, stage: str, flag: str) -> str:
+    """The value of ``flag`` in the first printed shell command that runs ``s2c <stage>``."""
+    import re
     import shlex
 
     for line in text.splitlines():
-        if f"s2c {module} " in line or f"s2c --gpu-slot {module} " in line:
+        if re.search(rf"\bs2c (--gpu-slot )?{stage} ", line):
             args = shlex.split(line)
             return args[args.index(flag) + 1]
-    raise AssertionError(f"no {module} command in:\n{text}")
+    raise AssertionError(f"no s2c {stage} command in:\n{text}")
 
 
 def test_vit_h_default_checkpoint_and_sam_section_reach_the_rules(tmp_path):

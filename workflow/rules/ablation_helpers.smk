@@ -4,7 +4,6 @@ from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
 ABL_DIR = f"{RESULTS}/ablations"
-ABL_RUN = f"{ABL_DIR}/{{row}}/seed{{seed}}"
 
 WARMUP = ABL.get("warmup")  # the rows start from one L_CLS-only run per seed
 ABL_ROWS = [*([WARMUP_ROW] if WARMUP else []), *ABL["rows"]]
@@ -12,8 +11,16 @@ PROBE = (WARMUP or {}).get("probe")  # the warm-up starts from a head fitted on 
 PROBE_MODEL = f"{ABL_DIR}/probe/seed{{seed}}/model.pt"
 
 
+def abl_run(row, seed):
+    """The run folder of one (row, seed): laid out like the main run's (common.smk)."""
+    return f"{ABL_DIR}/{row}/seed{seed}"
+
+
+ABL_RUN = abl_run("{row}", "{seed}")
+
+
 def warmup_model(wc):
-    return f"{ABL_DIR}/{WARMUP_ROW}/seed{wc.seed}/cam/model.pt"
+    return cam_model(abl_run(WARMUP_ROW, wc.seed))
 
 
 def probe_cam_cfg():
@@ -26,11 +33,11 @@ def ablation_cam_cfg(wc):
     ablations.warmup, the warm-up is L_CLS only for warmup.epochs (from the probe's model with
     warmup.probe) and the rows start from it."""
     if wc.row == WARMUP_ROW:
-        cfg = {**config["cam"], "ablation": "baseline", "seed": int(wc.seed), "epochs": WARMUP["epochs"]}
-        return {**cfg, "init": PROBE_MODEL.format(seed=wc.seed)} if PROBE else cfg
-    cfg = {**config["cam"], "ablation": wc.row, "seed": int(wc.seed)}
+        over = {"ablation": "baseline", "seed": int(wc.seed), "epochs": WARMUP["epochs"]}
+        return overlay_cam(config["cam"], {**over, "init": PROBE_MODEL.format(seed=wc.seed)} if PROBE else over)
+    cfg = overlay_cam(config["cam"], {"ablation": wc.row, "seed": int(wc.seed)})
     if WARMUP:
-        cfg = {**overlay_cam(cfg, WARMUP.get("cam") or {}), "init": warmup_model(wc)}
+        cfg = overlay_cam(overlay_cam(cfg, WARMUP.get("cam") or {}), {"init": warmup_model(wc)})
     return cfg
 
 
@@ -50,9 +57,14 @@ def ablation_cache(kind):
     return inputs
 
 
+def ablation_runs():
+    """Every (row, seed) run folder of the table, in its order."""
+    return [abl_run(row, seed) for row in ABL_ROWS for seed in ABL["seeds"]]
+
+
 def ablation_metrics():
     # seg trains on the row's pseudo-labels, so it implies them
     names = ["cam_train"]
     names += ["pseudo_train"] if ABL["pseudo"] or ABL["seg"] else []
     names += ["seg_val"] if ABL["seg"] else []
-    return [f"{ABL_DIR}/{row}/seed{seed}/metrics/{n}.json" for row in ABL_ROWS for seed in ABL["seeds"] for n in names]
+    return [metrics_json(run, n) for run in ablation_runs() for n in names]

@@ -9,7 +9,7 @@ rule train_cam:
         sam=sam_checkpoint(),
         backbone=backbone_weights("cam"),
     output:
-        model=f"{RESULTS}/cam/model.pt",
+        model=cam_model(RESULTS),
         curve=report(
             f"{RESULTS}/cam/losses.png",
             caption="../report/losses.rst",
@@ -49,10 +49,10 @@ rule train_cam:
 
 rule infer_cam:
     input:
-        model=f"{RESULTS}/cam/model.pt",
+        model=cam_model(RESULTS),
         images=split_list_of,
     output:
-        f"{RESULTS}/cams/{{split}}.h5",
+        cam_store(RESULTS, "{split}"),
     log:
         f"{RESULTS}/logs/infer_cam.{{split}}.log",
     benchmark:
@@ -71,18 +71,20 @@ rule infer_cam:
         device=config["device"],
         data=DATA_CFG,
         cfg=as_json(config["infer_cam"]),
+        # a param, so a rule reusing this one for a fixed split needs no {split} in its files
+        split=lambda wc: wc.split,
     shell:
         "s2c --gpu-slot infer_cam --model {input.model:q} --data-cfg {params.data:q}"
-        " --split {wildcards.split:q} --out {output:q} --cfg {params.cfg:q}"
+        " --split {params.split:q} --out {output:q} --cfg {params.cfg:q}"
         " --device {params.device:q} --weights-dir {params.weights:q} > {log:q} 2>&1"
 
 
 rule eval_cam:
     input:
-        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
+        cams=cam_store(RESULTS),
         images=split_list(SPLITS["cam_eval"]),
     output:
-        metrics=f"{RESULTS}/metrics/cam_train.json",
+        metrics=metrics_json(RESULTS, "cam_train"),
         bar=report(
             f"{RESULTS}/figures/cam_train_iou.png",
             caption="../report/iou_bar.rst",
@@ -102,6 +104,8 @@ rule eval_cam:
         data=DATA_CFG,
         cfg=as_json(config["eval_cam"]),
         split=SPLITS["cam_eval"],
+        # the per-class bar figure, where the rule (or one reusing it) declares one
+        bar=lambda wc, output: flag_args("--bar", output.get("bar", [])),
     shell:
         "s2c eval_cam --cams {input.cams:q} --data-cfg {params.data:q} --split {params.split:q}"
-        " --out {output.metrics:q} --cfg {params.cfg:q} --bar {output.bar:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} --cfg {params.cfg:q} {params.bar:q} > {log:q} 2>&1"

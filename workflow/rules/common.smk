@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from s2c.data import split_list_file
 from s2c.errors import S2CError
 from s2c.sam.everything import decodes_cached_embedding, settings_tag
-from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, resolve_sections
+from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, cam_caches, resolve_sections
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 
 # Jobs run `s2c <stage>` (the console script beside the interpreter that runs Snakemake), so
@@ -28,6 +28,35 @@ SE_KIND = f"se-{settings_tag(SAM['everything'])}"
 # What the wildcards of the cache and CAM rules may hold (the schema constrains split names to
 # the same pattern): never a path separator or a shell character.
 SPLIT_RE = "[A-Za-z0-9_.-]+"
+
+
+# The files of a run folder: the main run (RESULTS), each ablation (row, seed) and each Table 5
+# source lay out what their rules write the same way, so each name is spelled here only.
+def cam_model(run):
+    return f"{run}/cam/model.pt"
+
+
+def cam_store(run, split=None):
+    """The CAMs of ``split`` (default: training), as infer_cam writes and import_cams imports them."""
+    return f"{run}/cams/{split or SPLITS['train']}.h5"
+
+
+def pseudo_dir(run):
+    """The pseudo-labels of the training split (pseudo_labels, or import_pseudo)."""
+    return f"{run}/pseudo/{SPLITS['train']}"
+
+
+def seg_model(run):
+    return f"{run}/seg/model.pt"
+
+
+def seg_pred(run, split=None):
+    return f"{run}/seg/pred_{split or SPLITS['val']}"
+
+
+def metrics_json(run, name):
+    """A stage's scores: cam_train, pseudo_train, seg_val, …"""
+    return f"{run}/metrics/{name}.json"
 
 
 def as_json(obj):
@@ -131,11 +160,7 @@ def final_figures():
 
 
 def final_metrics():
-    return [
-        f"{RESULTS}/metrics/cam_train.json",
-        f"{RESULTS}/metrics/pseudo_train.json",
-        f"{RESULTS}/metrics/seg_val.json",
-    ][int(NO_CAMS) :]
+    return [metrics_json(RESULTS, n) for n in ("cam_train", "pseudo_train", "seg_val")][int(NO_CAMS) :]
 
 
 def cache_manifest(kind, split=None):
@@ -145,10 +170,9 @@ def cache_manifest(kind, split=None):
 
 
 def cam_cache(cam, kind):
-    """The manifest of cache ``kind`` a resolved cam section streams: SE maps for SSC, embeddings
-    for cached CPM; none for the L_CLS-only baseline or online SAM."""
-    needs = cam["ssc"]["enabled"] if kind == "se" else (cam["cpm"]["enabled"] and cam["sam_mode"] == "cached")
-    return [cache_manifest(kind)] if needs else []
+    """The manifest of cache ``kind`` a resolved cam section streams (s2c.sections.cam_caches, the
+    trainer's own answer); [] when it streams none."""
+    return [cache_manifest(kind)] if kind in cam_caches(cam) else []
 
 
 def train_cam_cache(kind):

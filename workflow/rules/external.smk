@@ -6,7 +6,7 @@ rule import_cams:
         images=split_list(SPLITS["train"]),
         source=lambda wc: T5_SOURCES[wc.source]["cams"],
     output:
-        f"{T5_DIR}/{{source}}/cams/{SPLITS['train']}.h5",
+        cam_store(T5_RUN),
     log:
         f"{T5_DIR}/{{source}}/logs/import_cams.log",
     benchmark:
@@ -34,7 +34,7 @@ if EXTERNAL["cams"]:
             images=split_list(SPLITS["train"]),
             source=EXTERNAL["cams"],
         output:
-            f"{RESULTS}/cams/{SPLITS['train']}.h5",
+            cam_store(RESULTS),
         log:
             f"{RESULTS}/logs/import_cams.log",
         benchmark:
@@ -52,7 +52,7 @@ if EXTERNAL["pseudo"]:
             images=split_list(SPLITS["train"]),
             source=EXTERNAL["pseudo"],
         output:
-            directory(f"{RESULTS}/pseudo/{SPLITS['train']}"),
+            directory(pseudo_dir(RESULTS)),
         log:
             f"{RESULTS}/logs/import_pseudo.log",
         benchmark:

@@ -4,6 +4,7 @@ import re
 EXTERNAL = config["external"]
 T5 = config["table5"]
 T5_DIR = f"{RESULTS}/table5"
+T5_RUN = f"{T5_DIR}/{{source}}"  # a source's run folder, laid out like the main run's
 T5_SOURCES = T5["sources"]
 # external source names (never `main`, the run's own CAMs: the schema refuses it); (?!) matches nothing
 T5_EXT_RE = "|".join(re.escape(s) for s in T5_SOURCES) or "(?!)"
@@ -33,11 +34,11 @@ def t5_base(source):
 
 
 def t5_cams(wc):
-    return f"{t5_base(wc.source)}/cams/{SPLITS['train']}.h5"
+    return cam_store(t5_base(wc.source))
 
 
 def t5_threshold(wc):
-    return f"{t5_base(wc.source)}/metrics/cam_train.json"
+    return metrics_json(t5_base(wc.source), "cam_train")
 
 
 def t5_se(wc):
@@ -55,9 +56,9 @@ def t5_rows():
             desc = f"{src.get('format', 'plain')}:{src['cams']}"
         rows[s] = {
             "source": desc,
-            "cam": f"{t5_base(s)}/metrics/cam_train.json",
-            "pseudo": {r: f"{T5_DIR}/{s}/metrics/pseudo_{r}.json" for r in T5["refine"]},
-            "seg": f"{T5_DIR}/{s}/metrics/seg_val.json" if T5["seg"] else None,
+            "cam": metrics_json(t5_base(s), "cam_train"),
+            "pseudo": {r: metrics_json(f"{T5_DIR}/{s}", f"pseudo_{r}") for r in T5["refine"]},
+            "seg": metrics_json(f"{T5_DIR}/{s}", "seg_val") if T5["seg"] else None,
             "paper": src.get("paper", {}),
         }
     return rows

@@ -3,7 +3,7 @@
 
 rule figure_cams:
     input:
-        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
+        cams=cam_store(RESULTS),
     output:
         report(
             f"{RESULTS}/figures/cams_{SPLITS['cam_eval']}.png",
@@ -31,8 +31,8 @@ rule figure_cams:
 rule figure_labels:
     input:
         pred=lambda wc: {
-            "pseudo": f"{RESULTS}/pseudo/{SPLITS['train']}",
-            "seg": f"{RESULTS}/seg/pred_{SPLITS['val']}",
+            "pseudo": pseudo_dir(RESULTS),
+            "seg": seg_pred(RESULTS),
         }[wc.kind],
     output:
         report(

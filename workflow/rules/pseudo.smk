@@ -3,11 +3,11 @@
 
 rule pseudo_labels:
     input:
-        cams=f"{RESULTS}/cams/{SPLITS['train']}.h5",
-        threshold=f"{RESULTS}/metrics/cam_train.json",
+        cams=cam_store(RESULTS),
+        threshold=metrics_json(RESULTS, "cam_train"),
         se=pseudo_se_manifest(),
     output:
-        directory(f"{RESULTS}/pseudo/{SPLITS['train']}"),
+        directory(pseudo_dir(RESULTS)),
     log:
         f"{RESULTS}/logs/pseudo_labels.log",
     benchmark:
@@ -31,10 +31,10 @@ rule pseudo_labels:
 
 rule eval_pseudo:
     input:
-        pred=f"{RESULTS}/pseudo/{SPLITS['train']}",
+        pred=pseudo_dir(RESULTS),
         images=split_list(SPLITS["cam_eval"]),
     output:
-        metrics=f"{RESULTS}/metrics/pseudo_train.json",
+        metrics=metrics_json(RESULTS, "pseudo_train"),
         bar=report(
             f"{RESULTS}/figures/pseudo_train_iou.png",
             caption="../report/iou_bar.rst",
@@ -53,6 +53,8 @@ rule eval_pseudo:
     params:
         data=DATA_CFG,
         split=SPLITS["cam_eval"],
+        # the per-class bar figure, where the rule (or one reusing it) declares one
+        bar=lambda wc, output: flag_args("--bar", output.get("bar", [])),
     shell:
         "s2c eval_pseudo --pred {input.pred:q} --data-cfg {params.data:q}"
-        " --split {params.split:q} --out {output.metrics:q} --bar {output.bar:q} > {log:q} 2>&1"
+        " --split {params.split:q} --out {output.metrics:q} {params.bar:q} > {log:q} 2>&1"

@@ -3,11 +3,11 @@
 
 rule train_seg:
     input:
-        labels=f"{RESULTS}/pseudo/{SPLITS['train']}",
+        labels=pseudo_dir(RESULTS),
         images=split_list(SPLITS["train"]),
         backbone=backbone_weights("seg"),
     output:
-        model=f"{RESULTS}/seg/model.pt",
+        model=seg_model(RESULTS),
         curve=report(
             f"{RESULTS}/seg/losses.png",
             caption="../report/losses.rst",
@@ -39,11 +39,11 @@ rule train_seg:
 
 rule eval_seg:
     input:
-        model=f"{RESULTS}/seg/model.pt",
+        model=seg_model(RESULTS),
         images=split_list(SPLITS["val"]),
     output:
-        metrics=f"{RESULTS}/metrics/seg_val.json",
-        pred=directory(f"{RESULTS}/seg/pred_{SPLITS['val']}"),
+        metrics=metrics_json(RESULTS, "seg_val"),
+        pred=directory(seg_pred(RESULTS)),
     log:
         f"{RESULTS}/logs/eval_seg.log",
     benchmark:

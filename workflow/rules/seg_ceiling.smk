@@ -40,7 +40,7 @@ use rule eval_seg as eval_seg_gt with:
         model=f"{RESULTS}/seg_gt/model.pt",
         images=split_list(SPLITS["val"]),
     output:
-        metrics=f"{RESULTS}/metrics/seg_gt_val.json",
+        metrics=metrics_json(RESULTS, "seg_gt_val"),
         pred=directory(f"{RESULTS}/seg_gt/pred_{SPLITS['val']}"),
     log:
         f"{RESULTS}/logs/eval_seg_gt.log",
@@ -50,8 +50,8 @@ use rule eval_seg as eval_seg_gt with:
 
 rule seg_ceiling:
     input:
-        f"{RESULTS}/metrics/seg_val.json",
-        f"{RESULTS}/metrics/seg_gt_val.json",
+        metrics_json(RESULTS, "seg_val"),
+        metrics_json(RESULTS, "seg_gt_val"),
     output:
         f"{RESULTS}/metrics/seg_ceiling.tsv",
     log:

@@ -4,10 +4,10 @@
 # segmentation net per source, into results/<run>/table5/table5.tsv (+ an HTML table).
 use rule eval_cam as table5_eval_cam with:
     input:
-        cams=f"{T5_DIR}/{{source}}/cams/{SPLITS['train']}.h5",
+        cams=cam_store(T5_RUN),
         images=split_list(SPLITS["cam_eval"]),
     output:
-        metrics=f"{T5_DIR}/{{source}}/metrics/cam_train.json",
+        metrics=metrics_json(T5_RUN, "cam_train"),
         bar=f"{T5_DIR}/{{source}}/figures/cam_train_iou.png",
     log:
         f"{T5_DIR}/{{source}}/logs/eval_cam.log",
@@ -40,7 +40,7 @@ use rule eval_pseudo as table5_eval_pseudo with:
         pred=f"{T5_DIR}/{{source}}/pseudo_{{refine}}",
         images=split_list(SPLITS["cam_eval"]),
     output:
-        metrics=f"{T5_DIR}/{{source}}/metrics/pseudo_{{refine}}.json",
+        metrics=metrics_json(T5_RUN, "pseudo_{refine}"),
         bar=f"{T5_DIR}/{{source}}/figures/pseudo_{{refine}}_iou.png",
     log:
         f"{T5_DIR}/{{source}}/logs/eval_pseudo_{{refine}}.log",
@@ -57,7 +57,7 @@ use rule train_seg as table5_train_seg with:
         images=split_list(SPLITS["train"]),
         backbone=backbone_weights("seg"),
     output:
-        model=f"{T5_DIR}/{{source}}/seg/model.pt",
+        model=seg_model(T5_RUN),
         curve=f"{T5_DIR}/{{source}}/seg/losses.png",
     log:
         f"{T5_DIR}/{{source}}/logs/train_seg.log",
@@ -69,11 +69,11 @@ use rule train_seg as table5_train_seg with:
 
 use rule eval_seg as table5_eval_seg with:
     input:
-        model=f"{T5_DIR}/{{source}}/seg/model.pt",
+        model=seg_model(T5_RUN),
         images=split_list(SPLITS["val"]),
     output:
-        metrics=f"{T5_DIR}/{{source}}/metrics/seg_val.json",
-        pred=directory(f"{T5_DIR}/{{source}}/seg/pred_{SPLITS['val']}"),
+        metrics=metrics_json(T5_RUN, "seg_val"),
+        pred=directory(seg_pred(T5_RUN)),
     log:
         f"{T5_DIR}/{{source}}/logs/eval_seg.log",
     benchmark:
@@ -119,7 +119,7 @@ if SPLITS.get("test"):
 
     use rule eval_seg as eval_seg_test with:
         input:
-            model=f"{RESULTS}/seg/model.pt",
+            model=seg_model(RESULTS),
             images=split_list(SPLITS["test"]),
         output:
             metrics=f"{RESULTS}/submission/{SPLITS['test']}.json",
