@@ -293,7 +293,7 @@ def test_lowres_straight_is_one_resize_where_lowres_to_size_is_two():
 
 def test_confidence_source_lowres_passes_lowres_logits_online_refuses_cached(monkeypatch, tiny_sam):  # noqa: F811
     seen = {}
-    real = tc.cpm_pseudo_label
+    real = objective.cpm_pseudo_label
 
     def spy(cam, classes, logits, valid, *a):
         seen["logits"], seen["alpha"] = logits, a[4] if len(a) > 4 else None
