@@ -131,7 +131,7 @@ def loader_throughput(ds, embed: Path, se: Path, workers: int, batch_size: int, 
     from torch.utils.data import DataLoader
 
     from s2c.data.cam_train import CAMTrainDataset, collate
-    from s2c.stages.train_cam import resolve_cfg
+    from s2c.sections import resolve_cam as resolve_cfg
 
     cfg = resolve_cfg({})
     data = CAMTrainDataset(ds, cfg["augment"], EmbeddingReader(embed), SEMapReader(se), seed=0)

@@ -7,7 +7,7 @@ The authors' code is read from DIR at run time, never copied into this project: 
 needs go to a temporary directory, are patched there only where they cannot run here, and every
 patch is printed. ``--weights-dir`` (default weights/) gets mobile_sam.pt and EfficientNet-Lite0
 as the pipeline provisions them (s2c.weights). Reference: ``models/model_s2c.py`` ``model_WSSS.update()``; s2c:
-``s2c.stages.train_cam.compute_losses`` with the reference's settings spelled out. Both sides share the
+``s2c.objective.compute_losses`` with the reference's settings spelled out. Both sides share the
 classifier (s2c's EfficientNet-Lite0; ResNet-38 weights are unobtainable: the reference gets a deep
 copy behind an adapter with ``Net_CAM``'s output keys), SAM (MobileSAM for ViT-H, inside the
 reference's own ``Sam`` / ``MaskDecoder`` classes) and the batch (256² coco-mini crops, SLIC SE maps).
