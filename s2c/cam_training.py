@@ -22,7 +22,7 @@ from .models import build_classifier, read_cam_checkpoint
 from .objective import cpm_start_step
 from .sam.build import DEFAULT_MODEL_TYPE, load_sam
 from .sam.cache import EmbeddingReader, SEMapReader
-from .sections import MODEL_KEYS, cam_caches
+from .sections import cam_caches, model_keys
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def setup(data_cfg: dict, split: str, weights_dir, cfg: dict, sam_cfg: dict | No
     embed_expect = {"model_type": sam.model_type, "checkpoint_sha256": sha} if use_sam else None
     data, ds = build_dataset(data_cfg, split, cfg, embed_manifest, se_manifest, embed_expect)
     if model is None:
-        model = build_classifier({k: cfg[k] for k in MODEL_KEYS if k in cfg}, ds.num_classes, weights_dir)
+        model = build_classifier(model_keys(cfg), ds.num_classes, weights_dir)
     if cfg["init"] is not None:
         init_from(model, cfg, ds.num_classes, ds.class_set)
     model = model.to(device)

@@ -51,7 +51,7 @@ from ..errors import S2CError, cli_main
 from ..io import atomic_path
 from ..losses import cls_loss
 from ..models import build_classifier, cam_checkpoint
-from ..sections import MODEL_KEYS, resolve_cam
+from ..sections import model_keys, resolve_cam
 
 __all__ = ["PROBE_DEFAULTS", "frozen_features", "fit_head", "probe_cam", "main"]
 
@@ -115,7 +115,7 @@ def probe_cam(data_cfg: dict, split: str, out: str | Path, weights_dir: str | Pa
     dev = tu.select_device(device)
     tu.seed_everything(int(cfg["seed"]))
     ds = open_dataset(data_cfg, split)
-    model = build_classifier({k: cam[k] for k in MODEL_KEYS if k in cam}, ds.num_classes, weights_dir).to(dev)
+    model = build_classifier(model_keys(cam), ds.num_classes, weights_dir).to(dev)
     labels = torch.stack([torch.as_tensor(ds.labels(i)).float() for i in ds.ids])
     feats = frozen_features(model, ds, cfg["long_side"], dev, progress)
     losses = fit_head(model, feats, labels, cfg, dev, progress)

@@ -1,5 +1,5 @@
 # Helpers of ablations.smk: the per-(row, seed) cam config and the caches each row streams.
-from s2c.sections import ABLATIONS, MODEL_KEYS, WARMUP_ROW, overlay_cam
+from s2c.sections import ABLATIONS, WARMUP_ROW, model_keys, overlay_cam
 from s2c.sections import resolve_cam as resolve_cam_cfg
 
 ABL = config["ablations"]
@@ -25,7 +25,7 @@ def warmup_model(wc):
 
 def probe_cam_cfg():
     """The model keys of the run's cam section: what probe_cam builds (and the warm-up loads)."""
-    return {k: v for k, v in config["cam"].items() if k in MODEL_KEYS}
+    return model_keys(config["cam"])
 
 
 def ablation_cam_cfg(wc):
