@@ -42,6 +42,11 @@ def read_losses(run: Path) -> dict[str, np.ndarray]:
             for k in rows[0]}
 
 
+def trained(y: np.ndarray | None) -> bool:
+    """Whether a loss column holds a term the run trains (a term switched off is logged as 0)."""
+    return y is not None and bool(np.isfinite(y).any()) and bool(np.nanmax(np.abs(y)) > 0)
+
+
 def run_name(run: Path) -> str:
     """``<row>/<seed>`` for an ablation run folder, else the folder's name."""
     return f"{run.parent.name}/{run.name}" if run.name.startswith("seed") else run.name
@@ -76,8 +81,8 @@ def main() -> None:
     for name, cols in runs:
         for t in TERMS:
             y = cols.get(t)
-            if y is None or not np.isfinite(y).any() or not np.nanmax(np.abs(y)) > 0:
-                continue  # a term the row does not train
+            if not trained(y):
+                continue
             first, last, change = quarters(y)
             lines.append(f"{name}\t{len(y)}\t{t}\t{first:.4f}\t{last:.4f}\t{change:+.1f}")
     table = "\n".join(lines)
@@ -92,7 +97,7 @@ def main() -> None:
         for ax, t in zip(axes, TERMS):
             for name, cols in runs:
                 y = cols.get(t)
-                if y is None or not np.isfinite(y).any() or not np.nanmax(np.abs(y)) > 0:
+                if not trained(y):
                     continue
                 x = cols["step"]
                 ax.plot(x, moving_average(y, a.window), color=colors[name], label=name, linewidth=1.2)
