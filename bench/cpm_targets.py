@@ -48,6 +48,18 @@ from s2c.sections import resolve_cam  # noqa: E402
 MASKS = (0, 1, 2)
 
 
+def exclusive_cams(cams: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """(C, H, W) CAMs with each present class's map minus the largest other present class's map,
+    clipped at 0: a class's peaks then fall where it wins over every other labelled class, not where
+    two classes' maps overlap (on one-class images the maps are unchanged)."""
+    out = cams.clone()
+    if len(classes) > 1:
+        for c in classes:
+            others = [o for o in classes if o != c]
+            out[c] = (cams[c] - cams[others].amax(0)).clamp(min=0)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-cfg", required=True, help="the config's data section as JSON")
@@ -61,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--long-side", type=int, default=320)
     p.add_argument("--min-pred-iou", type=float, default=0.88)
     p.add_argument("--limit", type=int, default=None, help="first N images with a mask (a quick look)")
+    p.add_argument("--exclusive", action="store_true",
+                   help="also prompt from the peaks of the class-exclusive CAM (a candidate rule, not the reference's)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -71,10 +85,11 @@ def main(argv=None) -> int:
     sam, _ = load_sam(a.sam, None, a.weights_dir, "cpu")
     C = ds.num_classes
     K = C + 1
-    variants = [(src, m, f) for src in ("peaks", "oracle") for m in MASKS for f in (None, a.min_pred_iou)]
+    sources = ("peaks", "oracle") + (("exclusive",) if a.exclusive else ())
+    variants = [(src, m, f) for src in sources for m in MASKS for f in (None, a.min_pred_iou)]
     cms = {v: np.zeros((K, K), np.int64) for v in variants}
     search = ThresholdSearch(K, [thr])
-    stats = {src: [0, 0, 0.0] for src in ("peaks", "oracle")}  # hits, points, chance
+    stats = {src: [0, 0, 0.0] for src in sources}  # hits, points, chance
     ids = [i for i in ds.ids if ds.load_mask(i) is not None][: a.limit]
     for id_ in tqdm(ids, desc="cpm targets"):
         cams, classes = store.get(id_)
@@ -94,6 +109,9 @@ def main(argv=None) -> int:
         prompts = {"peaks": find_peaks(pc[None], labels[None], ref["min_distance"], ref["threshold"], False,
                                        valid[None], ref["exclude_border"])[0],
                    "oracle": [(c, torch.from_numpy(q)) for c, q in gt_instance_points(gt, classes.tolist())]}
+        if a.exclusive:
+            prompts["exclusive"] = find_peaks(exclusive_cams(pc, classes.tolist())[None], labels[None], ref["min_distance"],
+                                              ref["threshold"], False, valid[None], ref["exclude_border"])[0]
         meta = emb.meta(id_)
         for src, pts in prompts.items():
             h, n, ch = peak_hits(pts, gt)
@@ -119,11 +137,11 @@ def main(argv=None) -> int:
              f"# commit {_commit()}; command: python bench/cpm_targets.py {' '.join(argv or sys.argv[1:])}",
              f"prompting CAM mIoU (bg threshold {thr}): {100 * miou_from_confusion(cm_cam):.2f}",
              "",
-             f"{'prompts':<8} {'points':>7} {'hit %':>6} {'chance %':>8}   " + "  ".join(
+             f"{'prompts':<9} {'points':>7} {'hit %':>6} {'chance %':>8}   " + "  ".join(
                  f"{'Ŝ mask ' + str(m) + (' iou≥' + str(f) if f else ''):>18}" for m in MASKS for f in (None, a.min_pred_iou))]
     for src, (h, n, ch) in stats.items():
         row = "  ".join(f"{100 * miou_from_confusion(cms[(src, m, f)]):>18.2f}" for m in MASKS for f in (None, a.min_pred_iou))
-        lines.append(f"{src:<8} {n:>7} {100 * h / max(n, 1):6.1f} {100 * ch / max(n, 1):8.1f}   {row}")
+        lines.append(f"{src:<9} {n:>7} {100 * h / max(n, 1):6.1f} {100 * ch / max(n, 1):8.1f}   {row}")
     text = "\n".join(lines)
     print(text)
     if a.out:
