@@ -106,12 +106,14 @@ def main(argv=None) -> int:
         labels[torch.as_tensor(classes)] = 1
         valid = torch.from_numpy(geo.valid_mask())
         search.add(pc[classes].numpy(), classes, gt)
-        prompts = {"peaks": find_peaks(pc[None], labels[None], ref["min_distance"], ref["threshold"], False,
-                                       valid[None], ref["exclude_border"])[0],
+        def peaks_of(maps: torch.Tensor) -> list:  # the reference's peak rule on (C, H, W) maps
+            return find_peaks(maps[None], labels[None], ref["min_distance"], ref["threshold"], False,
+                              valid[None], ref["exclude_border"])[0]
+
+        prompts = {"peaks": peaks_of(pc),
                    "oracle": [(c, torch.from_numpy(q)) for c, q in gt_instance_points(gt, classes.tolist())]}
         if a.exclusive:
-            prompts["exclusive"] = find_peaks(exclusive_cams(pc, classes.tolist())[None], labels[None], ref["min_distance"],
-                                              ref["threshold"], False, valid[None], ref["exclude_border"])[0]
+            prompts["exclusive"] = peaks_of(exclusive_cams(pc, classes.tolist()))
         meta = emb.meta(id_)
         for src, pts in prompts.items():
             h, n, ch = peak_hits(pts, gt)

@@ -103,12 +103,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 MODEL_KEYS = tuple(CAM_DEFAULTS)  # backbone, pretrained, output_stride, freeze_bn, freeze_stem, feat_dim
 
-
-def model_keys(cam: dict) -> dict:
-    """The classifier's keys of a cam section (what :func:`s2c.models.build_classifier` takes)."""
-    return {k: cam[k] for k in MODEL_KEYS if k in cam}
-
-
 # The paper's ablation rows (METHOD.md §6) as overrides of the keys above (their figures: PAPER_VOC_CAM).
 ABLATIONS: dict[str, dict] = {
     "baseline": {"ssc": {"enabled": False}, "cpm": {"enabled": False}},          # Table 1
@@ -149,6 +143,11 @@ CAM_CHOICES: dict[tuple[str, ...], tuple] = {
     ("cpm", "peak_rule"): PEAK_RULES,
     ("cpm", "confidence_source"): CONFIDENCE_SOURCES,
 }
+
+
+def model_keys(cam: dict) -> dict:
+    """The classifier's keys of a cam section (what :func:`s2c.models.build_classifier` takes)."""
+    return {k: cam[k] for k in MODEL_KEYS if k in cam}
 
 
 def overlay_cam(base: dict, over: dict) -> dict:
