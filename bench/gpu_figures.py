@@ -128,7 +128,8 @@ def embed_ips(sam, images, dev, batch: int) -> tuple[float, float | None, torch.
 
 def se_ips(sam, images, embs, dev, points_per_side: int) -> tuple[float, float | None, float]:
     """(images/s, peak MiB, mean segments) of the fast SE generator on cached embeddings."""
-    from s2c.sam.everything import resolve_everything_cfg, se_map
+    from s2c.defaults import resolve_everything_cfg
+    from s2c.sam.everything import se_map
 
     cfg = resolve_everything_cfg({"impl": "fast", "points_per_side": points_per_side})
     with torch.no_grad():

@@ -25,15 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from s2c.defaults import everything_settings, resolve_everything_cfg  # noqa: E402
 from s2c.io import read_image  # noqa: E402
 from s2c.sam.build import build_sam, resolve_device  # noqa: E402
 from s2c.sam.cache import PartWriter, make_identity  # noqa: E402
 from s2c.sam.everything import (  # noqa: E402
     compact_dtype,
-    everything_settings,
     fast_masks,
     merge_masks,
-    resolve_everything_cfg,
     se_agreement,
     stock_masks,
 )

@@ -16,11 +16,12 @@ from . import train_utils as tu
 from .cpm_diagnostics import make_diagnostics, pick_sample
 from .data import open_dataset
 from .data.cam_train import CAMTrainDataset, collate
+from .defaults import DEFAULT_MODEL_TYPE
 from .errors import S2CError
 from .io import sha256_file
 from .models import build_classifier, read_cam_checkpoint
 from .objective import cpm_start_step
-from .sam.build import DEFAULT_MODEL_TYPE, load_sam
+from .sam.build import load_sam
 from .sam.cache import EmbeddingReader, SEMapReader
 from .sections import cam_caches, model_keys
 

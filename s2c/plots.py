@@ -5,6 +5,7 @@ CSV log, label-map colours, CAM overlays and panel grids. Every PNG is written a
 from __future__ import annotations
 
 import csv
+import os
 import textwrap
 from pathlib import Path
 from typing import Iterable

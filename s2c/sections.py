@@ -2,18 +2,17 @@
 
 The JSON schema (``workflow/schemas/config.schema.yaml``) validates the types and ranges of every
 section and owns the defaults of the workflow-level keys only (``run``, ``splits``, ``ablations``, …);
-the defaults of the stage sections live here, next to the resolver of each section, or in the
-library module that owns them, and :data:`SCHEMA_DEFAULTS` hands those the schema fills to
+the defaults of the stage sections live here, next to the resolver of each section, or (the keys a
+library module reads) in :mod:`s2c.defaults`, and :data:`SCHEMA_DEFAULTS` hands those the schema fills to
 :func:`validate_workflow_config` (so the schema states no default of its own for them). Stage modules
 import their section from here (``train_cam`` takes ``cam``, ``train_seg`` takes ``seg``, …) and
 :func:`resolve_sections` runs every resolver when the DAG is built, so a typo such as ``cam.lrr`` or
 ``cam.augment.fllip`` fails before any job starts.
 
 This module sits below the stages and imports none of them: the registry is built from the
-library's own default dicts (:data:`s2c.models.classifier.CAM_DEFAULTS`,
-:data:`s2c.models.deeplab.SEG_DEFAULTS`, :data:`s2c.data.transforms.AUG_DEFAULTS`,
-:data:`s2c.data.DATA_DEFAULTS`, :data:`s2c.refine.crf.CRF_DEFAULTS`,
-:data:`s2c.refine.sam_post.SAM_POST_DEFAULTS`, the allowed words of :mod:`s2c.losses.cpm`).
+library's own default dicts (those of :mod:`s2c.defaults`, :data:`s2c.data.DATA_DEFAULTS`,
+:data:`s2c.refine.crf.CRF_DEFAULTS`, :data:`s2c.refine.sam_post.SAM_POST_DEFAULTS`). Like them it
+loads no torch: the workflow imports it to build every DAG.
 """
 
 from __future__ import annotations
@@ -23,16 +22,25 @@ from typing import Any, Callable
 
 from .config import merge_section, validate_config
 from .data import DATA_DEFAULTS
-from .data.transforms import AUG_DEFAULTS, TrainAugment
+from .defaults import (
+    ALPHA_SAM,
+    AUG_DEFAULTS,
+    BACKGROUND,
+    CAM_DEFAULTS,
+    CONFIDENCE,
+    CONFIDENCE_SOURCES,
+    DEFAULT_MODEL_TYPE,
+    LOSS_MODES,
+    PEAK_RULES,
+    SAM_RESIZE,
+    SEG_DEFAULTS,
+    augment_settings,
+    cfg_get,
+)
 from .errors import S2CError
-from .losses.cpm import ALPHA_SAM, BACKGROUND, CONFIDENCE, CONFIDENCE_SOURCES, LOSS_MODES, PEAK_RULES
 from .metrics import DEFAULT_THRESHOLDS
-from .models.classifier import CAM_DEFAULTS, cfg_get
-from .models.deeplab import SEG_DEFAULTS
 from .refine.crf import CRF_DEFAULTS
 from .refine.sam_post import SAM_POST_DEFAULTS
-from .sam.build import DEFAULT_MODEL_TYPE
-from .sam.prompt import SAM_RESIZE
 
 # ---------------------------------------------------------------------------------------- sam
 #: The ``sam`` section: the SAM model and how its caches are built (the schema checks the types).
@@ -45,7 +53,7 @@ SAM_SECTION_DEFAULTS: dict[str, Any] = {
     "skip_corrupt": False,
     "num_workers": 2,
     "embed_codec": "fp16",    # s2c.sam.cache.EMBED_CODECS: fp16 | int8 | int6
-    "everything": {},         # its keys' defaults: s2c.sam.everything.EVERYTHING_DEFAULTS
+    "everything": {},         # its keys' defaults: s2c.defaults.EVERYTHING_DEFAULTS
 }
 # Each cache stage takes these keys of it (the rules pass exactly these, s2c.stages.sam_embed /
 # s2c.stages.sam_everything document them); sam_everything decodes the embedding store written with
@@ -63,7 +71,7 @@ WARMUP_ROW = "warmup"
 
 # ---------------------------------------------------------------------------------------- cam
 #: The ``cam`` section (train_cam; documented key by key in :mod:`s2c.stages.train_cam`), less the model
-#: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.models.classifier.CAM_DEFAULTS`).
+#: keys (:data:`MODEL_KEYS`, defaults in :data:`s2c.defaults.CAM_DEFAULTS`).
 #: The values are those of the authors' code (sangrockEG/S2C@102e14c, ``train.py`` arguments and
 #: ``models/model_s2c.py`` ``update()``), pinned by tests/test_reference_defaults.py; where the paper
 #: says otherwise (6 epochs with CPM after the first, SSC temperature 0.5) it is a config switch.
@@ -165,11 +173,11 @@ def check_augment(cam_cfg: dict) -> dict:
         raise S2CError(f"config key cam.augment must be a mapping of augmentation keys, got {aug!r}")
     merged = merge_section(AUG_DEFAULTS, aug, "cam.augment")
     try:
-        TrainAugment(merged)
+        augment_settings(merged)
     except S2CError as e:
         raise S2CError(f"config cam.augment: {e}") from None
     except (TypeError, ValueError) as e:
-        raise S2CError(f"config cam.augment = {aug!r} is malformed ({e}); see s2c.data.transforms.AUG_DEFAULTS") from None
+        raise S2CError(f"config cam.augment = {aug!r} is malformed ({e}); see s2c.defaults.AUG_DEFAULTS") from None
     return merged
 
 
@@ -181,7 +189,7 @@ def _positive_int_or_null(v, key: str, null_means: str) -> None:
 def resolve_cam(cfg: dict | None) -> dict:
     """The ``cam`` section over :data:`TRAIN_DEFAULTS` (+ its ``ablation``), validated.
 
-    Model keys are filled from :data:`s2c.models.classifier.CAM_DEFAULTS` (the one place defining
+    Model keys are filled from :data:`s2c.defaults.CAM_DEFAULTS` (the one place defining
     them) for :func:`s2c.models.build_classifier`; ``augment`` is kept as given (TrainAugment fills
     its defaults) after :func:`check_augment`.
     """

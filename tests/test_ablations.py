@@ -163,7 +163,7 @@ def _se_stores(text: str) -> set[str]:
 
 def test_se_store_is_named_by_its_settings(tmp_path):
     """Two SE densities on one dataset: two SE stores (se-<tag>), one shared embedding store."""
-    from s2c.sam.everything import settings_tag
+    from s2c.defaults import settings_tag
 
     runs = {}
     for pps in (4, 8):
@@ -181,7 +181,7 @@ def test_coco_plus_gpu_overlay_plans_the_table(tmp_path):
     """bench/coco_plus_gpu.sh's configs: six CAM and six seg runs over one 32-points-per-side SE store."""
     import yaml
 
-    from s2c.sam.everything import settings_tag
+    from s2c.defaults import settings_tag
     from test_workflow import _with_fake_inputs
 
     merged = yaml.safe_load((REPO / "config/coco_plus.yaml").read_text())

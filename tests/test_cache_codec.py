@@ -201,8 +201,8 @@ def test_cache_codec_bench_tiny_run(synthetic_voc, tmp_path):
 def test_stages_write_and_decode_the_configured_codec(synthetic_voc, tmp_path):
     """sam.embed_codec reaches sam_embed (store settings) and sam_everything (decodes that store,
     refuses a store of another codec, records a quantised codec in the SE identity)."""
+    from s2c.defaults import everything_settings
     from s2c.sam.build import build_sam
-    from s2c.sam.everything import everything_settings
     from s2c.sam.cache import SEMapReader
     from s2c.stages.sam_embed import run_sam_embed
     from s2c.stages.sam_everything import run_sam_everything

@@ -105,10 +105,10 @@ def test_cam_allowed_words_come_from_the_library():
     import yaml
 
     from s2c.config import SCHEMA_PATH
-    from s2c.losses import cpm
+    from s2c import defaults
     from s2c.sections import CAM_CHOICES
 
-    assert CAM_CHOICES[("cpm", "alpha_sam")] is cpm.ALPHA_SAM and CAM_CHOICES[("cpm", "loss")] is cpm.LOSS_MODES
+    assert CAM_CHOICES[("cpm", "alpha_sam")] is defaults.ALPHA_SAM and CAM_CHOICES[("cpm", "loss")] is defaults.LOSS_MODES
     cam = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["cam"]["properties"]
     for path in CAM_CHOICES:
         node = cam
@@ -139,7 +139,7 @@ def test_schema_enums_that_mirror_library_constants_equal_them():
     from s2c.config import SCHEMA_PATH
     from s2c.models.backbones import BACKBONES
     from s2c.sam.build import SAM_MODEL_TYPES
-    from s2c.sam.everything import IMPLS, OVERLAP_RULES
+    from s2c.defaults import IMPLS, OVERLAP_RULES
     from s2c.sections import ABLATIONS, MULTIMASK_INDEX
 
     props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]

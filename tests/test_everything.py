@@ -9,14 +9,13 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from s2c.defaults import everything_settings, resolve_everything_cfg
 from s2c.errors import S2CError
 from s2c.sam.decoder import predict_masks
 from s2c.sam.everything import (
     compact_dtype,
-    everything_settings,
     fast_masks,
     merge_masks,
-    resolve_everything_cfg,
     se_agreement,
     se_map,
     stock_masks,

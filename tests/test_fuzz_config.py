@@ -25,9 +25,8 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from s2c.config import key_name
-from s2c.data.transforms import AUG_DEFAULTS
+from s2c.defaults import AUG_DEFAULTS, CAM_DEFAULTS
 from s2c.errors import S2CError
-from s2c.models.classifier import CAM_DEFAULTS
 from s2c.sections import validate_workflow_config as validate_config
 from s2c.sections import (ABLATIONS, CAM_CHOICES, EVAL_SEG_CRF_DEFAULTS, EVAL_SEG_DEFAULTS, REFINEMENTS,
                           SEG_TRAIN_DEFAULTS, TRAIN_DEFAULTS, resolve_sections)

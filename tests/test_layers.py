@@ -9,6 +9,7 @@ The layers and the stage list are the import-linter contracts in pyproject.toml 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,19 @@ def test_imports_inside_functions_say_why():
             if not any("#" in line for line in context):
                 missing.append(f"{rel}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not missing, "imports inside functions without a comment saying why:\n" + "\n".join(missing)
+
+
+
+def test_the_workflow_builds_its_dag_without_torch():
+    """Every ``s2c`` module the Snakefiles import (to resolve the config when a DAG is built) loads
+    neither torch nor OpenCV nor segment-anything: each snakemake call, a dry run included, would
+    pay for them first. The section defaults those modules need live in s2c.defaults for this."""
+    files = [REPO / "Snakefile", REPO / "workflow" / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    modules = sorted({m for path in files
+                      for m in re.findall(r"^\s*(?:from|import)\s+(s2c[\w.]*)", path.read_text(), flags=re.M)})
+    assert "s2c.sections" in modules, modules
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted(k for k in ('torch', 'torchvision', 'cv2', 'segment_anything') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", f"importing {modules} loads {out.stdout.strip()}"

@@ -102,7 +102,8 @@ def _fast_tiny_sam():
 
 def test_se_round_trip_and_refusal(synthetic_voc, tmp_path):
     from s2c.data import open_dataset
-    from s2c.sam.everything import everything_settings, se_map
+    from s2c.defaults import everything_settings
+    from s2c.sam.everything import se_map
 
     sam = _fast_tiny_sam()
     outs = [run_sam_everything(data_cfg(synthetic_voc), "val", k, 2, tmp_path / f"se.part{k}.zarr", tmp_path,
@@ -146,7 +147,8 @@ def test_se_decodes_from_the_embedding_store(synthetic_voc, tmp_path):
     """reuse_embedding: SE maps come from the cached fp16 embedding, not a second encoder pass; the
     store must be the same model's, and the setting is part of the SE identity."""
     from s2c.data import open_dataset
-    from s2c.sam.everything import everything_settings, se_map
+    from s2c.defaults import everything_settings
+    from s2c.sam.everything import se_map
 
     sam = vit_test_sam()  # 256-channel embeddings, like the real models
     # every mask accepted (random weights): the comparison below covers real segments

@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 
 from s2c.data import DATA_DEFAULTS
-from s2c.data.transforms import AUG_DEFAULTS
-from s2c.models.classifier import CAM_DEFAULTS
-from s2c.models.deeplab import SEG_DEFAULTS
+from s2c.defaults import AUG_DEFAULTS, CAM_DEFAULTS, EVERYTHING_DEFAULTS, SEG_DEFAULTS
 from s2c.refine.crf import CRF_DEFAULTS, dense_crf
 from s2c.refine.sam_post import SAM_POST_DEFAULTS, sam_refine
-from s2c.sam.everything import EVERYTHING_DEFAULTS
 from s2c.sections import (EVAL_CAM_DEFAULTS, EVAL_SEG_CRF_DEFAULTS, EVAL_SEG_DEFAULTS, INFER_CAM_DEFAULTS, MODEL_KEYS,
                           PSEUDO_DEFAULTS, SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, SAM_SECTION_DEFAULTS,
                           SCHEMA_DEFAULTS, SEG_TRAIN_DEFAULTS, TRAIN_DEFAULTS, resolve_infer_cam, resolve_pseudo,

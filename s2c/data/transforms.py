@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from ..defaults import augment_settings, crop_pair
 from ..errors import S2CError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,16 +30,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Image padding colour: the ImageNet mean, i.e. exactly the reference's zero padding of the
 # *normalised* image (it pads after normalisation).
 IMAGE_PAD_FILL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
-
-AUG_DEFAULTS: dict = {
-    "augment": True,
-    "resize_long": [256, 512],
-    "crop_size": 256,
-    "flip": True,
-    "color_jitter": [0.4, 0.4, 0.4, 0.1],
-    "color_jitter_p": 0.8,
-    "grayscale_p": 0.02,
-}
 
 # cv2.resize handles at most this many channels per call (OpenCV 5: 128; 4.x: 512).
 _CV_MAX_CHANNELS = 128
@@ -232,18 +223,10 @@ def random_crop_offset(size: int, crop: int, rng: np.random.Generator) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
-def _as_pair(v) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        if len(v) != 2:
-            raise S2CError(f"crop_size must be an int or [h, w], got {v}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
 class TrainAugment:
     """Training augmentation returning the geometry it applied.
 
-    cfg keys (defaults :data:`AUG_DEFAULTS`): ``augment`` (false → identity resize, no flip, no
+    cfg keys (defaults :data:`s2c.defaults.AUG_DEFAULTS`): ``augment`` (false → identity resize, no flip, no
     jitter, top-left crop/pad to ``crop_size``), ``resize_long`` [lo, hi] (long side uniform
     integer in [lo, hi]), ``crop_size`` (int or [h, w]), ``flip`` (p = 0.5),
     ``color_jitter`` [brightness, contrast, saturation, hue] applied with ``color_jitter_p`` in a
@@ -254,16 +237,10 @@ class TrainAugment:
     """
 
     def __init__(self, cfg: dict | None = None):
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(AUG_DEFAULTS))
-        if unknown:
-            raise S2CError(f"unknown augmentation key(s) {unknown}; known keys: {sorted(AUG_DEFAULTS)}")
-        self.cfg = {**AUG_DEFAULTS, **cfg}
+        self.cfg = augment_settings(cfg)
         lo, hi = (int(v) for v in self.cfg["resize_long"])
-        if not 1 <= lo <= hi:
-            raise S2CError(f"resize_long must be [lo, hi] with 1 <= lo <= hi, got {self.cfg['resize_long']}")
         self.resize_long = (lo, hi)
-        self.crop_size = _as_pair(self.cfg["crop_size"])
+        self.crop_size = crop_pair(self.cfg["crop_size"])
 
     def sample_geometry(self, orig_size: tuple[int, int], rng: np.random.Generator) -> Geometry:
         """Draw the geometric part of the augmentation for an image of ``orig_size`` (h, w)."""

@@ -16,14 +16,7 @@ from scipy import ndimage as ndi
 from segment_anything.utils.amg import calculate_stability_score
 from torchvision.ops import batched_nms
 
-ALPHA_SAM = ("logits", "sigmoid", "stability")
-CONFIDENCE = ("both", "sam", "cam", "none")
-BACKGROUND = ("uncovered", "tau")
-LOSS_MODES = ("ce", "l1")
-#: ``cam.cpm.peak_rule``: :func:`find_peaks` (s2c) or :func:`find_peaks_reference` (the authors' code).
-PEAK_RULES = ("s2c", "reference")
-#: ``cam.cpm.confidence_source``: the SAM logits α_sam comes from (see :func:`cpm_pseudo_label`).
-CONFIDENCE_SOURCES = ("postprocessed", "lowres")
+from ..defaults import ALPHA_SAM, BACKGROUND, CONFIDENCE, LOSS_MODES
 
 
 def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

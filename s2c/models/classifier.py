@@ -1,7 +1,7 @@
 """The CAM classifier of S2C (METHOD.md §2): backbone → F (feat_dim channels) → CAMs → GAP logits.
 
 ``build_classifier(cam_cfg, num_classes, weights_dir)`` reads these keys of the config's ``cam``
-section (any other keys — the trainer's — are ignored; defaults: :data:`CAM_DEFAULTS`):
+section (any other keys — the trainer's — are ignored; defaults: :data:`s2c.defaults.CAM_DEFAULTS`):
 
 =================  ============================================================
 key                meaning
@@ -30,18 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import coerce_scalar
+from ..defaults import CAM_DEFAULTS, cfg_get
 from ..errors import S2CError
 from .backbones import Backbone, build_backbone
-
-CAM_DEFAULTS = {
-    "backbone": "resnet38d",
-    "pretrained": True,
-    "output_stride": 8,
-    "freeze_bn": True,
-    "freeze_stem": True,
-    "feat_dim": 256,
-}
 
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
@@ -74,23 +65,6 @@ def freeze_modules(modules: list[nn.Module]) -> None:
     """Stop gradients of ``modules`` (their BN statistics are handled by :func:`freeze_bn`)."""
     for m in modules:
         m.requires_grad_(False)
-
-
-def cfg_get(cfg: dict, defaults: dict, section: str) -> dict:
-    """``defaults`` overridden by the matching keys of ``cfg``; type errors name the key."""
-    out = dict(defaults)
-    for k in defaults:
-        if k in cfg and cfg[k] is not None:
-            out[k] = coerce_scalar(defaults[k], cfg[k])
-    for k in ("output_stride", "feat_dim"):
-        if k in out and (isinstance(out[k], bool) or not isinstance(out[k], int)):
-            raise S2CError(f"config key {section}.{k} must be an integer, got {out[k]!r}")
-    for k in ("freeze_bn", "freeze_stem"):
-        if k in out and not isinstance(out[k], bool):
-            raise S2CError(f"config key {section}.{k} must be true or false, got {out[k]!r}")
-    if not isinstance(out.get("pretrained"), (bool, str)):
-        raise S2CError(f"config key {section}.pretrained must be true, false or a file path, got {out.get('pretrained')!r}")
-    return out
 
 
 class CAMClassifier(nn.Module):

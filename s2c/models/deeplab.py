@@ -1,7 +1,7 @@
 """DeepLabV3 / V3+ segmentation network for the last WSSS stage (training on pseudo-labels).
 
 ``build_deeplab(seg_cfg, num_classes_with_bg, weights_dir)`` reads these keys of the ``seg``
-config section (others are the trainer's and ignored; defaults: :data:`SEG_DEFAULTS`):
+config section (others are the trainer's and ignored; defaults: :data:`s2c.defaults.SEG_DEFAULTS`):
 
 =================  ============================================================
 key                meaning
@@ -24,17 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
+from ..defaults import SEG_DEFAULTS, cfg_get
 from ..errors import S2CError
 from .backbones import Backbone, build_backbone
-from .classifier import cfg_get, freeze_bn
-
-SEG_DEFAULTS = {
-    "backbone": "resnet101",
-    "pretrained": True,
-    "output_stride": 16,
-    "head": "v3plus",
-    "freeze_bn": False,
-}
+from .classifier import freeze_bn
 
 # ASPP rates of the DeepLabV3 paper: (6, 12, 18) at output stride 16, doubled at 8.
 _ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}

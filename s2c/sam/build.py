@@ -29,7 +29,6 @@ from ..weights import cached_sha256, resolve_sam_checkpoint
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t")
 TEST_MODEL_TYPES = ("vit_test",)
-DEFAULT_MODEL_TYPE = "vit_t"  # the sam section's model_type default (MobileSAM: provisioned, CPU-friendly)
 RANDOM_CHECKPOINT = "random-init"  # checkpoint_sha256 recorded for model_type vit_test
 
 IMG_SIZE = 1024  # SAM's input side; embeddings are (256, IMG_SIZE/16, IMG_SIZE/16)

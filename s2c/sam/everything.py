@@ -41,10 +41,6 @@ renumbered 1..N over the masks that own at least one pixel; 0 = unassigned.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
@@ -59,71 +55,10 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
 
-from ..config import merge_section
+from ..defaults import OVERLAP_RULES, resolve_everything_cfg
 from ..errors import S2CError
 from .decoder import predict_masks
 from .prompt import encode_image, sam_input_size
-
-EVERYTHING_DEFAULTS: dict[str, Any] = {
-    "impl": "fast",  # fast | stock
-    "points_per_side": 32,
-    "points_per_batch": 64,  # stock generator's prompt batch; speed only
-    "fast_points_per_batch": None,  # fast generator's prompt batch (None: 256 GPU / 4 CPU); speed only
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "min_mask_region_area": 0,
-    "overlap": "smallest_area",  # smallest_area (paper) | predicted_iou (reference code)
-    # fast only
-    "skip_covered": False,  # approximate: faster, drops some sub-part masks (see module doc)
-    # 0.05 already changed ~1 mask per 30 on COCO (agreement 0.993); 0.15 gave identical maps on
-    # 8 COCO images at no measurable cost on an H100
-    "stability_margin": 0.15,
-    "shared_decoder": True,  # decoder.predict_masks: the image side of layer 0 computed once per batch
-    # decode from the embedding cache (fp16) instead of running the encoder again: the encoder is
-    # a third of the per-image time with MobileSAM on CPU and most of it with ViT-H on a GPU
-    "reuse_embedding": True,
-}
-OVERLAP_RULES = ("smallest_area", "predicted_iou")
-IMPLS = ("fast", "stock")
-_NO_EFFECT_ON_OUTPUT = ("points_per_batch", "fast_points_per_batch", "shared_decoder")
-_FAST_ONLY = ("skip_covered", "stability_margin", "shared_decoder", "reuse_embedding")
-
-
-def resolve_everything_cfg(cfg: dict | None) -> dict:
-    """``cfg`` (the ``sam.everything`` section) over :data:`EVERYTHING_DEFAULTS`, validated."""
-    cfg = merge_section(EVERYTHING_DEFAULTS, cfg, "sam.everything")
-    if cfg["impl"] not in IMPLS:
-        raise S2CError(f"sam.everything.impl must be one of {IMPLS}, got {cfg['impl']!r}")
-    if cfg["overlap"] not in OVERLAP_RULES:
-        raise S2CError(f"sam.everything.overlap must be one of {OVERLAP_RULES}, got {cfg['overlap']!r}")
-    keys = [k for k in ("points_per_side", "points_per_batch", "fast_points_per_batch") if cfg[k] is not None]
-    if min(int(cfg[k]) for k in keys) < 1:
-        raise S2CError("sam.everything.points_per_side / points_per_batch / fast_points_per_batch must be >= 1")
-    return cfg
-
-
-def decodes_cached_embedding(cfg: dict | None) -> bool:
-    """Whether segment-everything reads the embedding cache (the fast generator with
-    ``reuse_embedding``) rather than encoding each image itself."""
-    cfg = resolve_everything_cfg(cfg)
-    return cfg["impl"] == "fast" and bool(cfg["reuse_embedding"])
-
-
-def everything_settings(cfg: dict | None) -> dict:
-    """The settings that determine the SE maps (recorded in the store identity)."""
-    cfg = resolve_everything_cfg(cfg)
-    drop = set(_NO_EFFECT_ON_OUTPUT) | (set(_FAST_ONLY) if cfg["impl"] == "stock" else set())
-    return {k: v for k, v in cfg.items() if k not in drop}
-
-
-def settings_tag(cfg: dict | None) -> str:
-    """8 hex digits of :func:`everything_settings`: the workflow names SE stores ``se-<tag>``, so
-    two configs that segment one dataset differently (e.g. 8 and 32 points per side) never share,
-    overwrite or silently reuse each other's maps."""
-    blob = json.dumps(everything_settings(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------------------------------------

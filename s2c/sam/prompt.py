@@ -32,9 +32,6 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .decoder import predict_masks
 
 MultimaskIndex = int | str  # 0, 1, 2, "best" or "all"
-#: ``cam.cpm.sam_resize`` (online mode): SAM's own ResizeLongestSide of the uint8 crop, or the
-#: authors' squash of the float crop to img_size² (:func:`squash_sam_input`).
-SAM_RESIZE = ("sam", "reference")
 
 
 def sam_input_size(orig_size: Sequence[int], img_size: int = 1024) -> tuple[int, int]:

@@ -8,7 +8,7 @@ Same part slicing, ``<out>.partial`` + rename, resume and corrupt-image handling
 merged by the ``overlap`` rule (:mod:`s2c.sam.everything`), stored at the image's resolution.
 
 Config (the ``sam`` section; defaults in :data:`s2c.sections.SAM_EVERYTHING_DEFAULTS`, those of
-``everything`` in :data:`s2c.sam.everything.EVERYTHING_DEFAULTS`): ``model_type``, ``checkpoint``,
+``everything`` in :data:`s2c.defaults.EVERYTHING_DEFAULTS`): ``model_type``, ``checkpoint``,
 ``skip_corrupt``, ``num_workers``, ``everything``: ``impl`` (fast | stock), ``points_per_side``,
 ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``,
 ``box_nms_thresh``, ``min_mask_region_area``, ``overlap`` (smallest_area | predicted_iou),
@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from ..cli import parse_json_arg
 from ..config import merge_section
+from ..defaults import decodes_cached_embedding, everything_settings, resolve_everything_cfg
 from ..errors import S2CError, cli_main
 from ..sam.build import RANDOM_CHECKPOINT, load_sam, resolve_device
 from ..sam.cache import EmbeddingReader, PartWriter, codec_settings, make_identity
-from ..sam.everything import decodes_cached_embedding, everything_settings, resolve_everything_cfg, se_map
+from ..sam.everything import se_map
 from ..sam.parts import add_part_args, embed_settings, handle_corrupt, iter_images, open_part
 from ..sections import SAM_EVERYTHING_DEFAULTS as SE_DEFAULTS
 

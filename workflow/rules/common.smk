@@ -7,8 +7,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from s2c.data import split_list_file
+from s2c.defaults import decodes_cached_embedding, settings_tag
 from s2c.errors import S2CError
-from s2c.sam.everything import decodes_cached_embedding, settings_tag
 from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, cam_caches, resolve_sections
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 
