@@ -108,3 +108,18 @@ def test_cli_and_guards(tmp_path, capsys):
         make_synthetic_voc(tmp_path / "x", 2, 1, 64, 0, classes=("cat", "unicorn"))
     with pytest.raises(S2CError, match="size"):
         make_synthetic_voc(tmp_path / "x", 2, 1, 8, 0)
+
+
+def test_schema_synthetic_defaults_are_the_generators():
+    """The workflow's ``synthetic`` keys default to what make_synthetic_voc (and its CLI) default to."""
+    import inspect
+
+    import yaml
+
+    from s2c.config import SCHEMA_PATH
+
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["synthetic"]["properties"]
+    params = inspect.signature(make_synthetic_voc).parameters
+    keys = [k for k in props if k != "enabled"]
+    assert keys and all(props[k]["default"] == params[k].default for k in keys), {
+        k: (props[k].get("default"), params[k].default) for k in keys}
