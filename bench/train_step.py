@@ -21,16 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from s2c import cam_training, objective  # noqa: E402
-from s2c.cpm_diagnostics import to_device  # noqa: E402
-from s2c.sections import resolve_cam  # noqa: E402
 from s2c import train_utils as tu  # noqa: E402
+from s2c.data.cam_train import to_device  # noqa: E402
+from s2c.sections import resolve_cam  # noqa: E402
 
 
 def build_caches(ds, ids, sam, model_type, tmp: Path):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .data.cam_train import CAMTrainDataset, collate
+from .data.cam_train import CAMTrainDataset, collate, to_device
 from .data.transforms import Geometry
 from .metrics import ThresholdSearch, confusion_matrix, miou_from_confusion
 from .objective import cpm_peaks, cpm_targets, prompting_cams
@@ -134,9 +134,3 @@ def make_diagnostics(net: torch.nn.Module, sam, data: CAMTrainDataset, ds, cfg: 
         return fixed[0], fixed[1]
 
     return (lambda: run_diagnostics(net, sam, batch_of, cfg, ds.num_classes)), None
-
-
-def to_device(batch: dict, device) -> dict:
-    """A collated training batch on ``device`` (sizes stay on the CPU: they index, not compute)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in ("orig_size", "input_size")
-                else v) for k, v in batch.items()}

@@ -119,3 +119,9 @@ def collate(items: Sequence[dict]) -> dict[str, Any]:
         else:
             out[k] = vals
     return out
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated training batch on ``device`` (sizes stay on the CPU: they index, not compute)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in ("orig_size", "input_size")
+                else v) for k, v in batch.items()}

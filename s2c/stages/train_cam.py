@@ -151,7 +151,7 @@ from .. import train_utils as tu
 from ..cam_training import CAMTraining, setup
 from ..cli import parse_json_arg
 from ..cpm_diagnostics import FIELDS as DIAG_FIELDS
-from ..cpm_diagnostics import to_device
+from ..data.cam_train import to_device
 from ..errors import cli_main
 from ..io import ensure_writable_dir
 from ..models import cam_checkpoint
