@@ -85,7 +85,6 @@ def load_sam_for_training(sam_cfg: dict, weights_dir, device) -> tuple[Any, str]
     return sam, sha
 
 
-
 def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se_manifest=None,
                   embed_expect: dict | None = None):
     """(CAMTrainDataset, SegDataset); caches are checked against the image list (and the SAM)."""
@@ -107,7 +106,6 @@ def build_dataset(data_cfg: dict, split: str, cfg: dict, embed_manifest=None, se
         raise S2CError(f"cam.cpm.prompts oracle needs GT masks, and no image of split {split!r} has one; "
                        "use cam.cpm.prompts peaks")
     return CAMTrainDataset(ds, cfg["augment"], emb, se, cfg["seed"], gt_masks=gt), ds
-
 
 
 def init_from(model: torch.nn.Module, cfg: dict, num_classes: int, class_set: str | None) -> None:
@@ -135,7 +133,6 @@ def init_from(model: torch.nn.Module, cfg: dict, num_classes: int, class_set: st
     log.info("cam.init: starting from %s", path)
 
 
-
 def make_loader(data, cfg: dict, dev: torch.device, rank: int, world: int, split: str):
     """(loader, sampler): each process takes its share of a seeded shuffle, full batches only."""
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"], drop_last=True)
@@ -146,7 +143,6 @@ def make_loader(data, cfg: dict, dev: torch.device, rank: int, world: int, split
                         collate_fn=collate, drop_last=True, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     return loader, sampler
-
 
 
 def cpm_from_logged(cpm: dict, steps_per_epoch: int, total: int) -> int:

@@ -76,7 +76,6 @@ def multiscale_cams(model: torch.nn.Module, image: np.ndarray, classes: Sequence
     return acc.float().cpu().numpy()
 
 
-
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, image: torch.Tensor, scales: Sequence[float] = (1.0,),
                   flip: bool = False) -> torch.Tensor:
@@ -120,8 +119,6 @@ def load_seg_model(model_path: str | Path, weights_dir: str | Path | None = None
     model = build_deeplab({**resolve_seg(cfg), "pretrained": False}, K, weights_dir)
     model.load_state_dict(sd)
     return model.to(device).eval(), {k: v for k, v in ck.items() if k != "model"}
-
-
 
 
 def read_any_image(path: str | Path) -> np.ndarray:
