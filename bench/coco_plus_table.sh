@@ -20,7 +20,9 @@ configs=(config/coco_plus.yaml config/coco_plus_cpu.yaml)
 read -r run rows seeds < <(.venv/bin/python -c 'import sys, yaml; c = {}
 for f in sys.argv[1:]: c.update(yaml.safe_load(open(f)))
 a = c.get("ablations", {})
-print(c["run"], ",".join(a.get("rows", ["baseline", "s2c"])), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
+from s2c.sections import WARMUP_ROW  # the shared warm-up, scored too
+rows = ([WARMUP_ROW] if a.get("warmup") else []) + a.get("rows", ["baseline", "s2c"])
+print(c["run"], ",".join(rows), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
 seeds=${SEEDS:-${seeds//,/ }}
 abl="results/${run}/ablations"
 for seed in $seeds; do
@@ -37,7 +39,7 @@ for seed in $seeds; do
 done
 runs=()
 for seed in $seeds; do
-  for row in warmup ${rows//,/ }; do
+  for row in ${rows//,/ }; do
     [ -f "${abl}/${row}/seed${seed}/metrics/cam_train.json" ] && runs+=("${abl}/${row}/seed${seed}")
   done
 done
