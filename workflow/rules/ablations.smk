@@ -18,9 +18,9 @@ rule ablation_probe_cam:
     output:
         model=PROBE_MODEL,
     log:
-        f"{ABL_DIR}/probe/seed{{seed}}/logs/probe_cam.log",
+        job_log(f"{ABL_DIR}/probe/seed{{seed}}", "probe_cam"),
     benchmark:
-        f"{ABL_DIR}/probe/seed{{seed}}/benchmarks/probe_cam.tsv"
+        job_benchmark(f"{ABL_DIR}/probe/seed{{seed}}", "probe_cam")
     conda:
         "../../environment.yml"
     threads: 4
@@ -52,9 +52,9 @@ use rule train_cam as ablation_train_cam with:
     output:
         model=cam_model(ABL_RUN),
     log:
-        f"{ABL_RUN}/logs/train_cam.log",
+        job_log(ABL_RUN, "train_cam"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/train_cam.tsv"
+        job_benchmark(ABL_RUN, "train_cam")
     params:
         cfg=lambda wc: as_json(ablation_cam_cfg(wc)),
 
@@ -66,9 +66,9 @@ use rule infer_cam as ablation_infer_cam with:
     output:
         cam_store(ABL_RUN),
     log:
-        f"{ABL_RUN}/logs/infer_cam.log",
+        job_log(ABL_RUN, "infer_cam"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/infer_cam.tsv"
+        job_benchmark(ABL_RUN, "infer_cam")
     params:
         split=SPLITS["train"],
 
@@ -80,9 +80,9 @@ use rule eval_cam as ablation_eval_cam with:
     output:
         metrics=metrics_json(ABL_RUN, "cam_train"),
     log:
-        f"{ABL_RUN}/logs/eval_cam.log",
+        job_log(ABL_RUN, "eval_cam"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/eval_cam.tsv"
+        job_benchmark(ABL_RUN, "eval_cam")
 
 
 use rule pseudo_labels as ablation_pseudo_labels with:
@@ -93,9 +93,9 @@ use rule pseudo_labels as ablation_pseudo_labels with:
     output:
         directory(pseudo_dir(ABL_RUN)),
     log:
-        f"{ABL_RUN}/logs/pseudo_labels.log",
+        job_log(ABL_RUN, "pseudo_labels"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/pseudo_labels.tsv"
+        job_benchmark(ABL_RUN, "pseudo_labels")
 
 
 use rule eval_pseudo as ablation_eval_pseudo with:
@@ -105,9 +105,9 @@ use rule eval_pseudo as ablation_eval_pseudo with:
     output:
         metrics=metrics_json(ABL_RUN, "pseudo_train"),
     log:
-        f"{ABL_RUN}/logs/eval_pseudo.log",
+        job_log(ABL_RUN, "eval_pseudo"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/eval_pseudo.tsv"
+        job_benchmark(ABL_RUN, "eval_pseudo")
 
 
 use rule train_seg as ablation_train_seg with:
@@ -118,9 +118,9 @@ use rule train_seg as ablation_train_seg with:
     output:
         model=seg_model(ABL_RUN),
     log:
-        f"{ABL_RUN}/logs/train_seg.log",
+        job_log(ABL_RUN, "train_seg"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/train_seg.tsv"
+        job_benchmark(ABL_RUN, "train_seg")
 
 
 use rule eval_seg as ablation_eval_seg with:
@@ -131,9 +131,9 @@ use rule eval_seg as ablation_eval_seg with:
         metrics=metrics_json(ABL_RUN, "seg_val"),
         pred=directory(seg_pred(ABL_RUN)),
     log:
-        f"{ABL_RUN}/logs/eval_seg.log",
+        job_log(ABL_RUN, "eval_seg"),
     benchmark:
-        f"{ABL_RUN}/benchmarks/eval_seg.tsv"
+        job_benchmark(ABL_RUN, "eval_seg")
 
 
 rule ablations:

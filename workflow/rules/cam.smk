@@ -21,9 +21,9 @@ rule train_cam:
             category="Training",
         ),
     log:
-        f"{RESULTS}/logs/train_cam.log",
+        job_log(RESULTS, "train_cam"),
     benchmark:
-        f"{RESULTS}/benchmarks/train_cam.tsv"
+        job_benchmark(RESULTS, "train_cam")
     conda:
         "../../environment.yml"
     threads: 4
@@ -54,9 +54,9 @@ rule infer_cam:
     output:
         cam_store(RESULTS, "{split}"),
     log:
-        f"{RESULTS}/logs/infer_cam.{{split}}.log",
+        job_log(RESULTS, "infer_cam.{split}"),
     benchmark:
-        f"{RESULTS}/benchmarks/infer_cam.{{split}}.tsv"
+        job_benchmark(RESULTS, "infer_cam.{split}")
     wildcard_constraints:
         split=SPLIT_RE,
     conda:
@@ -92,9 +92,9 @@ rule eval_cam:
             subcategory="CAM",
         ),
     log:
-        f"{RESULTS}/logs/eval_cam.log",
+        job_log(RESULTS, "eval_cam"),
     benchmark:
-        f"{RESULTS}/benchmarks/eval_cam.tsv"
+        job_benchmark(RESULTS, "eval_cam")
     conda:
         "../../environment.yml"
     resources:

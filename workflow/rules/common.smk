@@ -1,4 +1,5 @@
-# Paths, part lists and per-rule config slices. The one place that names workflow files.
+# Run-wide paths (results, cache, SE store), part lists and per-rule config slices; the files inside
+# a run folder and every rule's log / benchmark are named in paths.smk.
 import json
 import os
 import sys
@@ -28,35 +29,6 @@ SE_KIND = f"se-{settings_tag(SAM['everything'])}"
 # What the wildcards of the cache and CAM rules may hold (the schema constrains split names to
 # the same pattern): never a path separator or a shell character.
 SPLIT_RE = "[A-Za-z0-9_.-]+"
-
-
-# The files of a run folder: the main run (RESULTS), each ablation (row, seed) and each Table 5
-# source lay out what their rules write the same way, so each name is spelled here only.
-def cam_model(run):
-    return f"{run}/cam/model.pt"
-
-
-def cam_store(run, split=None):
-    """The CAMs of ``split`` (default: training), as infer_cam writes and import_cams imports them."""
-    return f"{run}/cams/{split or SPLITS['train']}.h5"
-
-
-def pseudo_dir(run):
-    """The pseudo-labels of the training split (pseudo_labels, or import_pseudo)."""
-    return f"{run}/pseudo/{SPLITS['train']}"
-
-
-def seg_model(run):
-    return f"{run}/seg/model.pt"
-
-
-def seg_pred(run, split=None):
-    return f"{run}/seg/pred_{split or SPLITS['val']}"
-
-
-def metrics_json(run, name):
-    """A stage's scores: cam_train, pseudo_train, seg_val, …"""
-    return f"{run}/metrics/{name}.json"
 
 
 def as_json(obj):

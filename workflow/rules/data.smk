@@ -6,9 +6,9 @@ if config["synthetic"]["enabled"]:
         output:
             [split_list(split) for split in ("train", "val", "train_aug")],
         log:
-            "logs/make_synthetic_data.log",
+            job_log("", "make_synthetic_data"),
         benchmark:
-            "benchmarks/make_synthetic_data.tsv"
+            job_benchmark("", "make_synthetic_data")
         conda:
             "../../environment.yml"
         resources:
@@ -31,9 +31,9 @@ rule fetch_mobile_sam:
     output:
         f"{WEIGHTS}/{MOBILE_SAM_FILE}",
     log:
-        "logs/fetch_mobile_sam.log",
+        job_log("", "fetch_mobile_sam"),
     benchmark:
-        "benchmarks/fetch_mobile_sam.tsv"
+        job_benchmark("", "fetch_mobile_sam")
     conda:
         "../../environment.yml"
     resources:
@@ -49,9 +49,9 @@ rule fetch_efficientnet_lite0:
     output:
         f"{WEIGHTS}/{EFFNET_LITE0_FILE}",
     log:
-        "logs/fetch_efficientnet_lite0.log",
+        job_log("", "fetch_efficientnet_lite0"),
     benchmark:
-        "benchmarks/fetch_efficientnet_lite0.tsv"
+        job_benchmark("", "fetch_efficientnet_lite0")
     conda:
         "../../environment.yml"
     resources:

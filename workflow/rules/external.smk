@@ -8,9 +8,9 @@ rule import_cams:
     output:
         cam_store(T5_RUN),
     log:
-        f"{T5_DIR}/{{source}}/logs/import_cams.log",
+        job_log(f"{T5_DIR}/{{source}}", "import_cams"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/import_cams.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "import_cams")
     wildcard_constraints:
         source=T5_EXT_RE,
     conda:
@@ -36,9 +36,9 @@ if EXTERNAL["cams"]:
         output:
             cam_store(RESULTS),
         log:
-            f"{RESULTS}/logs/import_cams.log",
+            job_log(RESULTS, "import_cams"),
         benchmark:
-            f"{RESULTS}/benchmarks/import_cams.tsv"
+            job_benchmark(RESULTS, "import_cams")
         params:
             fmt=import_flags(EXTERNAL),
 
@@ -54,9 +54,9 @@ if EXTERNAL["pseudo"]:
         output:
             directory(pseudo_dir(RESULTS)),
         log:
-            f"{RESULTS}/logs/import_pseudo.log",
+            job_log(RESULTS, "import_pseudo"),
         benchmark:
-            f"{RESULTS}/benchmarks/import_pseudo.tsv"
+            job_benchmark(RESULTS, "import_pseudo")
         conda:
             "../../environment.yml"
         resources:

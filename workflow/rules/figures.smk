@@ -11,9 +11,9 @@ rule figure_cams:
             category="Figures",
         ),
     log:
-        f"{RESULTS}/logs/figure_cams.log",
+        job_log(RESULTS, "figure_cams"),
     benchmark:
-        f"{RESULTS}/benchmarks/figure_cams.tsv"
+        job_benchmark(RESULTS, "figure_cams")
     conda:
         "../../environment.yml"
     resources:
@@ -41,9 +41,9 @@ rule figure_labels:
             category="Figures",
         ),
     log:
-        f"{RESULTS}/logs/figure_labels.{{kind}}.log",
+        job_log(RESULTS, "figure_labels.{kind}"),
     benchmark:
-        f"{RESULTS}/benchmarks/figure_labels.{{kind}}.tsv"
+        job_benchmark(RESULTS, "figure_labels.{kind}")
     wildcard_constraints:
         kind="pseudo|seg",
     conda:

@@ -49,9 +49,9 @@ rule:
     output:
         PREPARE_REPORT,
     log:
-        f"logs/prepare_{KIND}.{config['dataset']}.log",
+        job_log("", f"prepare_{KIND}.{config['dataset']}"),
     benchmark:
-        f"benchmarks/prepare_{KIND}.{config['dataset']}.tsv"
+        job_benchmark("", f"prepare_{KIND}.{config['dataset']}")
     localrule: True
     conda:
         "../../environment.yml"

@@ -9,9 +9,9 @@ rule pseudo_labels:
     output:
         directory(pseudo_dir(RESULTS)),
     log:
-        f"{RESULTS}/logs/pseudo_labels.log",
+        job_log(RESULTS, "pseudo_labels"),
     benchmark:
-        f"{RESULTS}/benchmarks/pseudo_labels.tsv"
+        job_benchmark(RESULTS, "pseudo_labels")
     conda:
         "../../environment.yml"
     threads: 2
@@ -42,9 +42,9 @@ rule eval_pseudo:
             subcategory="Pseudo-labels",
         ),
     log:
-        f"{RESULTS}/logs/eval_pseudo.log",
+        job_log(RESULTS, "eval_pseudo"),
     benchmark:
-        f"{RESULTS}/benchmarks/eval_pseudo.tsv"
+        job_benchmark(RESULTS, "eval_pseudo")
     conda:
         "../../environment.yml"
     resources:

@@ -9,9 +9,9 @@ rule sam_embed:
     output:
         directory(f"{CACHE}/{{split}}/embed.part{{part}}.zarr"),
     log:
-        f"{CACHE}/logs/sam_embed.{{split}}.part{{part}}.log",
+        job_log(CACHE, "sam_embed.{split}.part{part}"),
     benchmark:
-        f"{CACHE}/benchmarks/sam_embed.{{split}}.part{{part}}.tsv"
+        job_benchmark(CACHE, "sam_embed.{split}.part{part}")
     wildcard_constraints:
         split=SPLIT_RE,
         part="[0-9]+",
@@ -42,9 +42,9 @@ rule sam_everything:
     output:
         directory(f"{CACHE}/{{split}}/{SE_KIND}.part{{part}}.zarr"),
     log:
-        f"{CACHE}/logs/sam_everything.{{split}}.part{{part}}.log",
+        job_log(CACHE, "sam_everything.{split}.part{part}"),
     benchmark:
-        f"{CACHE}/benchmarks/sam_everything.{{split}}.part{{part}}.tsv"
+        job_benchmark(CACHE, "sam_everything.{split}.part{part}")
     wildcard_constraints:
         split=SPLIT_RE,
         part="[0-9]+",
@@ -74,9 +74,9 @@ rule sam_cache_join:
     output:
         f"{CACHE}/{{split}}/{{kind}}.json",
     log:
-        f"{CACHE}/logs/sam_cache_join.{{split}}.{{kind}}.log",
+        job_log(CACHE, "sam_cache_join.{split}.{kind}"),
     benchmark:
-        f"{CACHE}/benchmarks/sam_cache_join.{{split}}.{{kind}}.tsv"
+        job_benchmark(CACHE, "sam_cache_join.{split}.{kind}")
     wildcard_constraints:
         split=SPLIT_RE,
         kind=f"embed|{SE_KIND}",

@@ -14,9 +14,9 @@ rule train_seg:
             category="Training",
         ),
     log:
-        f"{RESULTS}/logs/train_seg.log",
+        job_log(RESULTS, "train_seg"),
     benchmark:
-        f"{RESULTS}/benchmarks/train_seg.tsv"
+        job_benchmark(RESULTS, "train_seg")
     conda:
         "../../environment.yml"
     threads: 4
@@ -45,9 +45,9 @@ rule eval_seg:
         metrics=metrics_json(RESULTS, "seg_val"),
         pred=directory(seg_pred(RESULTS)),
     log:
-        f"{RESULTS}/logs/eval_seg.log",
+        job_log(RESULTS, "eval_seg"),
     benchmark:
-        f"{RESULTS}/benchmarks/eval_seg.tsv"
+        job_benchmark(RESULTS, "eval_seg")
     conda:
         "../../environment.yml"
     threads: 4

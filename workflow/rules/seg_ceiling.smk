@@ -8,7 +8,7 @@ rule gt_labels:
     output:
         directory(f"{RESULTS}/seg_gt/labels_{SPLITS['train']}"),
     log:
-        f"{RESULTS}/logs/gt_labels.log",
+        job_log(RESULTS, "gt_labels"),
     conda:
         "../../environment.yml"
     resources:
@@ -30,9 +30,9 @@ use rule train_seg as train_seg_gt with:
         model=f"{RESULTS}/seg_gt/model.pt",
         curve=f"{RESULTS}/seg_gt/losses.png",
     log:
-        f"{RESULTS}/logs/train_seg_gt.log",
+        job_log(RESULTS, "train_seg_gt"),
     benchmark:
-        f"{RESULTS}/benchmarks/train_seg_gt.tsv"
+        job_benchmark(RESULTS, "train_seg_gt")
 
 
 use rule eval_seg as eval_seg_gt with:
@@ -43,9 +43,9 @@ use rule eval_seg as eval_seg_gt with:
         metrics=metrics_json(RESULTS, "seg_gt_val"),
         pred=directory(f"{RESULTS}/seg_gt/pred_{SPLITS['val']}"),
     log:
-        f"{RESULTS}/logs/eval_seg_gt.log",
+        job_log(RESULTS, "eval_seg_gt"),
     benchmark:
-        f"{RESULTS}/benchmarks/eval_seg_gt.tsv"
+        job_benchmark(RESULTS, "eval_seg_gt")
 
 
 rule seg_ceiling:
@@ -55,7 +55,7 @@ rule seg_ceiling:
     output:
         f"{RESULTS}/metrics/seg_ceiling.tsv",
     log:
-        f"{RESULTS}/logs/seg_ceiling.log",
+        job_log(RESULTS, "seg_ceiling"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -10,9 +10,9 @@ use rule eval_cam as table5_eval_cam with:
         metrics=metrics_json(T5_RUN, "cam_train"),
         bar=f"{T5_DIR}/{{source}}/figures/cam_train_iou.png",
     log:
-        f"{T5_DIR}/{{source}}/logs/eval_cam.log",
+        job_log(f"{T5_DIR}/{{source}}", "eval_cam"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/eval_cam.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "eval_cam")
     wildcard_constraints:
         source=T5_EXT_RE,
 
@@ -25,9 +25,9 @@ use rule pseudo_labels as table5_pseudo_labels with:
     output:
         directory(f"{T5_DIR}/{{source}}/pseudo_{{refine}}"),
     log:
-        f"{T5_DIR}/{{source}}/logs/pseudo_{{refine}}.log",
+        job_log(f"{T5_DIR}/{{source}}", "pseudo_{refine}"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/pseudo_{{refine}}.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "pseudo_{refine}")
     wildcard_constraints:
         source=T5_ALL_RE,
         refine="none|crf|sam",
@@ -43,9 +43,9 @@ use rule eval_pseudo as table5_eval_pseudo with:
         metrics=metrics_json(T5_RUN, "pseudo_{refine}"),
         bar=f"{T5_DIR}/{{source}}/figures/pseudo_{{refine}}_iou.png",
     log:
-        f"{T5_DIR}/{{source}}/logs/eval_pseudo_{{refine}}.log",
+        job_log(f"{T5_DIR}/{{source}}", "eval_pseudo_{refine}"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/eval_pseudo_{{refine}}.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "eval_pseudo_{refine}")
     wildcard_constraints:
         source=T5_ALL_RE,
         refine="none|crf|sam",
@@ -60,9 +60,9 @@ use rule train_seg as table5_train_seg with:
         model=seg_model(T5_RUN),
         curve=f"{T5_DIR}/{{source}}/seg/losses.png",
     log:
-        f"{T5_DIR}/{{source}}/logs/train_seg.log",
+        job_log(f"{T5_DIR}/{{source}}", "train_seg"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/train_seg.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "train_seg")
     wildcard_constraints:
         source=T5_ALL_RE,
 
@@ -75,9 +75,9 @@ use rule eval_seg as table5_eval_seg with:
         metrics=metrics_json(T5_RUN, "seg_val"),
         pred=directory(seg_pred(T5_RUN)),
     log:
-        f"{T5_DIR}/{{source}}/logs/eval_seg.log",
+        job_log(f"{T5_DIR}/{{source}}", "eval_seg"),
     benchmark:
-        f"{T5_DIR}/{{source}}/benchmarks/eval_seg.tsv"
+        job_benchmark(f"{T5_DIR}/{{source}}", "eval_seg")
     wildcard_constraints:
         source=T5_ALL_RE,
 
@@ -126,9 +126,9 @@ if SPLITS.get("test"):
             pred=directory(f"{RESULTS}/submission/pred_{SPLITS['test']}"),
             tar=f"{RESULTS}/submission/{config['data']['kind']}_{SPLITS['test']}.tar.gz",
         log:
-            f"{RESULTS}/logs/eval_seg_test.log",
+            job_log(RESULTS, "eval_seg_test"),
         benchmark:
-            f"{RESULTS}/benchmarks/eval_seg_test.tsv"
+            job_benchmark(RESULTS, "eval_seg_test")
         params:
             split=SPLITS["test"],
             submission=lambda wc, output: flag_args("--submission", output.tar),
