@@ -25,6 +25,7 @@ from .data.transforms import denormalize, denormalize_255
 from .errors import S2CError
 from .losses import (cls_loss, cpm_loss, cpm_pseudo_label, find_peaks, find_peaks_reference,
                      multiscale_prompt_cams, normalize_cams, oracle_prompts, ssc_loss)
+from .models import unwrap
 from .sam import prompt as sam_prompt
 
 __all__ = ["cpm_start_step", "prompt_batch", "prompting_cams", "cpm_peaks", "cpm_targets", "compute_losses"]
@@ -168,7 +169,7 @@ def compute_losses(model, batch: dict, cfg: dict, sam=None, use_cpm: bool = Fals
                                                      ssc["absent_prototypes"])
     if use_cpm:
         cam = normalize_cams(out["cams"].float(), labels, x.shape[-2:])
-        prompt_cam = prompting_cams(getattr(model, "module", model), x, labels, cpm, step_cam=cam)
+        prompt_cam = prompting_cams(unwrap(model), x, labels, cpm, step_cam=cam)
         target = cpm_targets(sam, batch, prompt_cam, cpm, cfg["sam_mode"])
         parts["loss_cpm"] = cpm["weight"] * cpm_loss(cam, target, labels, cpm["loss"])
     parts["loss"] = parts["loss_cls"] + parts["loss_ssc"] + parts["loss_cpm"]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from .errors import S2CError
 from .io import atomic_path
+from .models import unwrap
 from .plots import plot_csv
 
 log = logging.getLogger(__name__)
@@ -261,11 +262,6 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / dist.get_world_size()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel wrapper (itself otherwise)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def wrap_ddp(model: torch.nn.Module, dev: torch.device, world: int) -> torch.nn.Module:

@@ -8,6 +8,7 @@ import torch
 
 from s2c.errors import S2CError
 from s2c import train_utils as tu
+from s2c.models import unwrap
 
 
 def test_select_device_cpu_and_auto(monkeypatch):
@@ -111,5 +112,8 @@ def test_ddp_helpers_single_process(monkeypatch):
     t = torch.tensor([2.0])
     assert tu.all_reduce_mean(t) is t
     m = torch.nn.Linear(1, 1)
-    assert tu.unwrap(m) is m
+    assert unwrap(m) is m
+    wrapped = torch.nn.Module()
+    wrapped.module = m  # what DistributedDataParallel holds
+    assert unwrap(wrapped) is m
     tu.ddp_cleanup()

@@ -154,7 +154,7 @@ from ..cpm_diagnostics import FIELDS as DIAG_FIELDS
 from ..data.cam_train import to_device
 from ..errors import cli_main
 from ..io import ensure_writable_dir
-from ..models import cam_checkpoint
+from ..models import cam_checkpoint, unwrap
 from ..objective import compute_losses
 from ..plots import note_figure, plot_csv
 from ..sections import resolve_cam as resolve_cfg
@@ -242,7 +242,7 @@ def _loop(t: CAMTraining, cfg: dict, out: Path, split: str, dev: torch.device, r
             diag_log.close()
     if t.diagnostics_off is not None:  # the report's diagnostics entry then says why there are none
         note_figure(out / "cpm_diag.png", "CPM diagnostics", f"No CPM diagnostics in this run: {t.diagnostics_off}.")
-    return run.finish(cam_checkpoint(tu.unwrap(model), cfg, t.ds.num_classes, t.ds.class_set))
+    return run.finish(cam_checkpoint(unwrap(model), cfg, t.ds.num_classes, t.ds.class_set))
 
 
 def _log_diagnostics(diag, diag_log, out: Path, split: str, epoch: int, step: int) -> None:

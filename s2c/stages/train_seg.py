@@ -37,7 +37,7 @@ from ..data import open_dataset
 from ..data.seg_train import PseudoLabelDataset, SegAugment
 from ..errors import cli_main
 from ..io import ensure_writable_dir
-from ..models import build_deeplab
+from ..models import build_deeplab, unwrap
 from ..sections import SEG_TRAIN_DEFAULTS as DEFAULTS
 from ..sections import resolve_seg as resolve_cfg
 
@@ -157,8 +157,8 @@ def _train(data_cfg, split, labels_dir, out_dir: Path, cfg, weights_dir, dev: to
     # what applying the model elsewhere needs (s2c.stages.predict): the class names of its labels 1..K-1
     # and the normalisation its backbone's weights expect (the pipeline feeds ImageNet-normalised
     # tensors and the backbone re-maps them itself)
-    norm = getattr(tu.unwrap(model).backbone, "input_norm", None)
-    return run.finish({"model": tu.unwrap(model).state_dict(), "seg_cfg": cfg, "num_classes": K,
+    norm = getattr(unwrap(model).backbone, "input_norm", None)
+    return run.finish({"model": unwrap(model).state_dict(), "seg_cfg": cfg, "num_classes": K,
                        "class_set": ds.class_set, "class_names": list(ds.class_names),
                        "input_norm": norm() if callable(norm) else None})
 
