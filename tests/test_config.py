@@ -1,9 +1,12 @@
 """Config sections: one merge for every stage; values from ``snakemake --config`` mean what YAML does."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from s2c.config import coerce_scalar, merge_section
-from s2c.sections import resolve_sections
+from s2c.sections import resolve_eval_seg, resolve_sections, resolve_seg
 from s2c.errors import S2CError
 
 
@@ -156,3 +159,14 @@ def test_schema_enums_that_mirror_library_constants_equal_them():
     }
     for key, (schema, lib) in pairs.items():
         assert sorted(map(str, schema)) == sorted(map(str, lib)), key
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml")))
+def test_configs_score_the_seg_net_inside_its_training_scales(name):
+    """eval_seg's test scales lie in the seg net's training rescale range (each file over the
+    defaults): a net trained on images shrunk to 0.4-0.6 and scored at full size meets objects at
+    twice the size it learned."""
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / name).read_text()) or {}
+    lo, hi = resolve_seg(cfg.get("seg"))["scale_range"]
+    scales = resolve_eval_seg(cfg.get("eval_seg"))["scales"]
+    assert all(lo <= s <= hi for s in scales), f"config/{name}: eval_seg.scales {scales} outside seg.scale_range {[lo, hi]}"
