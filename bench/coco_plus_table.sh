@@ -4,8 +4,10 @@
 # cpm_oracle / cpm_sam_iou; seeds 0, 1, 2) with its CAM mIoU, plus pseudo-label (SAM
 # post-processing) and segmentation mIoU for baseline and s2c, seed by seed so that the first seeds
 # are complete before the next starts. Then bench/results/coco_plus.tsv (columns: row seed steps
-# warmup_steps probe_steps cam_miou floor_miou pseudo_miou seg_miou paper_voc_cam commit command)
-# and the printed table with per-seed paired differences against the baseline (mean ± sd).
+# warmup_steps probe_steps cam_miou floor_miou pseudo_miou seg_miou paper_voc_cam commit command;
+# with --gpu: coco_plus_full.tsv) and the printed table with per-seed paired differences against
+# the baseline (mean ± sd). An existing table is merged (s2c ablations --merge): its lines for runs
+# whose folders are not here (another machine, an earlier session) stay, with their own commit.
 #
 #   bash bench/coco_plus_table.sh            # CPU protocol: config/coco_plus_cpu.yaml overlay
 #   bash bench/coco_plus_table.sh --gpu      # the dataset config alone (paper-like schedule)
@@ -16,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 configs=(config/coco_plus.yaml config/coco_plus_cpu.yaml)
-[ "${1:-}" = "--gpu" ] && configs=(config/coco_plus.yaml)
+out=bench/results/coco_plus
+if [ "${1:-}" = "--gpu" ]; then configs=(config/coco_plus.yaml); out=bench/results/coco_plus_full; fi
 read -r run rows seeds < <(.venv/bin/python -c 'import sys, yaml; c = {}
 for f in sys.argv[1:]: c.update(yaml.safe_load(open(f)))
 a = c.get("ablations", {})
@@ -44,5 +47,7 @@ for seed in $seeds; do
   done
 done
 mkdir -p bench/results
-.venv/bin/s2c ablations --runs "${runs[@]}" --out bench/results/coco_plus.tsv \
-  --command "bash bench/coco_plus_table.sh $*" | tee bench/results/coco_plus.txt
+merge=()
+[ -f "${out}.tsv" ] && merge=(--merge "${out}.tsv")
+.venv/bin/s2c ablations --runs "${runs[@]}" --out "${out}.tsv" "${merge[@]}" \
+  --command "bash bench/coco_plus_table.sh $*" | tee "${out}.txt"

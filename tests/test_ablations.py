@@ -196,3 +196,36 @@ def test_coco_plus_gpu_overlay_plans_the_table(tmp_path):
     jobs = _jobs(out.stdout + out.stderr)
     assert jobs["ablation_train_cam"] == 6 and jobs["ablation_train_seg"] == 6 and jobs["sam_everything"] == 1
     assert _se_stores(out.stdout) == {f"se-{settings_tag({'points_per_side': 32})}"}
+
+
+def test_ablation_table_merges_an_earlier_table(tmp_path, capsys):
+    """--merge keeps an earlier table's lines (their own commit and command) for the (row, seed)
+    pairs the new runs do not provide; a new run replaces its old line."""
+    old = tmp_path / "old.tsv"
+    at.main(["--runs", str(_fake_run(tmp_path / "a", "baseline", 0, 20.0, 16.0, pseudo=25.0)),
+             str(_fake_run(tmp_path / "a", "s2c", 0, 21.0, 16.0)), str(_fake_run(tmp_path / "a", "baseline", 1, 22.0, 16.0)),
+             str(_fake_run(tmp_path / "a", "s2c", 1, 25.0, 16.0)), "--out", str(old), "--command", "first"])
+    capsys.readouterr()
+    assert at.read_table(old)[0] == at.run_row(tmp_path / "a" / "baseline" / "seed0", at.git_commit(), "first")
+    out = tmp_path / "new.tsv"
+    at.main(["--runs", str(_fake_run(tmp_path / "b", "s2c", 0, 24.0, 16.0)), "--out", str(out),
+             "--command", "second", "--merge", str(old)])
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert [(r["row"], r["seed"], r["cam_miou"], r["command"]) for r in rows] == [
+        ("baseline", "0", "20.0", "first"), ("s2c", "0", "24.0", "second"),
+        ("baseline", "1", "22.0", "first"), ("s2c", "1", "25.0", "first")]
+    assert rows[0]["pseudo_miou"] == "25.0" and rows[1]["pseudo_miou"] == ""
+    # paired over both seeds, old and new lines alike: 24 − 20 = +4, 25 − 22 = +3
+    assert re.search(r"s2c\s+cam\s+s0:\+4\.00 s1:\+3\.00\s+\+3\.50", capsys.readouterr().out)
+    # merging a table into itself with no runs rewrites it unchanged
+    again = tmp_path / "again.tsv"
+    at.main(["--out", str(again), "--merge", str(out)])
+    assert again.read_text() == out.read_text()
+
+
+def test_ablation_table_merge_names_a_bad_table(tmp_path):
+    with pytest.raises(S2CError, match="no such table"):
+        at.read_table(tmp_path / "missing.tsv")
+    (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
+    with pytest.raises(S2CError, match="x.tsv: not an ablation table"):
+        at.read_table(tmp_path / "x.tsv")

@@ -10,7 +10,11 @@ report renders it) and printed as a table.
 Usage::
 
     s2c ablations --runs results/x/ablations/baseline/seed0 ... --out ablations.tsv \\
-        [--command "snakemake ablations ..."]
+        [--command "snakemake ablations ..."] [--merge ablations.tsv]
+
+``--merge`` keeps the lines of an earlier table whose (row, seed) none of ``--runs`` provides, each
+with its own commit and command, so that one table can gather runs made on several machines or
+in several sessions whose run folders are not all at hand.
 
 Each run folder holds ``metrics/cam_train.json`` (eval_cam), ``cam/losses.csv`` (train_cam) and,
 when evaluated, ``metrics/pseudo_train.json`` / ``metrics/seg_val.json``. A folder's last two path
@@ -91,6 +95,32 @@ def run_row(run: Path, commit: str, command: str) -> dict:
             "paper_voc_cam": PAPER_VOC_CAM.get(row), "commit": commit, "command": command}
 
 
+TYPES = {"seed": int, "steps": int, "warmup_steps": int, "probe_steps": int, "cam_miou": float, "floor_miou": float,
+         "pseudo_miou": float, "seg_miou": float, "paper_voc_cam": float}
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """The lines of a table :func:`write_table` wrote, typed back (an empty cell is None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise S2CError(f"{path}: no such table to merge; drop --merge to start a new one")
+    with open(path, newline="") as f:
+        r = csv.DictReader(f, delimiter="\t")
+        if tuple(r.fieldnames or ()) != COLUMNS:
+            raise S2CError(f"{path}: not an ablation table (columns {r.fieldnames}, expected {list(COLUMNS)}); "
+                           "drop --merge to start a new one")
+        return [{c: None if v == "" else TYPES.get(c, str)(v) for c, v in line.items()} for line in r]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``new`` replaces the lines of ``old`` with the same (row, seed); the other lines of ``old`` stay
+    as they are. Ordered by seed, then by the rows' first appearance (``old``'s order first)."""
+    fresh = {(r["row"], r["seed"]) for r in new}
+    order = {row: i for i, row in enumerate(dict.fromkeys(r["row"] for r in (*old, *new)))}
+    rows = [r for r in old if (r["row"], r["seed"]) not in fresh] + new
+    return sorted(rows, key=lambda r: (r["seed"], order[r["row"]]))
+
+
 def write_table(rows: list[dict], out: str | Path) -> None:
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
@@ -137,12 +167,17 @@ def paired_differences(rows: list[dict], metrics=("cam_miou", "pseudo_miou", "se
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="s2c ablations", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders <row>/seed<N>")
+    p.add_argument("--runs", nargs="*", type=Path, default=[], help="run folders <row>/seed<N>")
     p.add_argument("--out", type=Path, required=True, help="output TSV")
     p.add_argument("--command", default="", help="the command that made the runs (recorded per line)")
+    p.add_argument("--merge", type=Path, help="an earlier table: its lines for (row, seed) not in --runs are kept")
     a = p.parse_args(argv)
+    if not a.runs and a.merge is None:
+        p.error("give --runs, --merge or both")
     commit = git_commit()
     rows = [run_row(r, commit, a.command) for r in a.runs]
+    if a.merge is not None:
+        rows = merge_rows(read_table(a.merge), rows)
     write_table(rows, a.out)
     print(format_table(rows))
     return 0
