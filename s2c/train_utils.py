@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import S2CError
-from .io import atomic_path
+from .io import atomic_path, sha256_file
 from .models import unwrap
 from .plots import plot_csv
 
@@ -105,11 +105,12 @@ class Checkpointer:
 
 
 def inputs_fingerprint(*paths: str | os.PathLike | None) -> str:
-    """sha256 over the names, sizes and mtimes of the given files (folders: of every file inside).
+    """sha256 over the names and contents of the given files (folders: of every file inside).
 
     Stored in checkpoints so a run resumes only over the same inputs: Snakemake reruns a training
     job both after a kill (same inputs: resume) and after its inputs changed (new pseudo-labels, a
-    rebuilt cache: start fresh)."""
+    rebuilt cache: start fresh). Contents, not mtimes: ``snakemake --touch``, a remount or a copy
+    that does not keep times leaves the inputs the same, and the interrupted run must still resume."""
     h = hashlib.sha256()
     for p in paths:
         if p is None:
@@ -117,8 +118,7 @@ def inputs_fingerprint(*paths: str | os.PathLike | None) -> str:
         p = Path(p)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            st = f.stat()
-            h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from s2c.data import open_dataset
 from s2c.data.seg_train import PseudoLabelDataset, SegAugment, check_label_dir
@@ -116,13 +118,46 @@ def test_checkpoint_of_other_config_or_labels_is_not_resumed(voc, full_run, tmp_
               on_epoch_end=lambda ep, m: epochs.append(ep))
     assert "not resuming" in caplog.text and "cfg" in caplog.text
     assert len(epochs) == TINY["epochs"]  # trained from scratch, not skipped as finished
-    # same config, regenerated labels (new files) → fresh too
+
+
+def _killed_after_epoch_1(data_cfg, labels, out):
+    def kill(ep, m):
+        if ep == 1:
+            raise Killed
+    with pytest.raises(Killed):
+        train_seg(data_cfg, "train", labels, out, TINY, device="cpu", on_epoch_end=kill)
+
+
+def test_interrupted_run_over_other_labels_is_not_resumed(voc, tmp_path, caplog):
+    """Same config, regenerated pseudo-labels with other contents: a fresh run."""
+    data_cfg, labels = voc
+    _killed_after_epoch_1(data_cfg, labels, tmp_path / "out")
     relabeled = tmp_path / "relabeled"
-    shutil.copytree(labels, relabeled, copy_function=shutil.copy)  # new mtimes, like a rerun
-    epochs.clear()
-    train_seg(data_cfg, "train", relabeled, tmp_path, {**TINY, "lr": 0.5}, device="cpu",
+    shutil.copytree(labels, relabeled)
+    first = sorted(relabeled.glob("*.png"))[0]
+    a = np.array(Image.open(first))
+    a[0, 0] = 255 if a[0, 0] != 255 else 0
+    save_palette_png(first, a)
+    epochs = []
+    train_seg(data_cfg, "train", relabeled, tmp_path / "out", TINY, device="cpu",
               on_epoch_end=lambda ep, m: epochs.append(ep))
-    assert len(epochs) == TINY["epochs"]
+    assert "not resuming" in caplog.text and "labels" in caplog.text
+    assert epochs == [1, 2]
+
+
+def test_touched_labels_still_resume(voc, tmp_path):
+    """New mtimes over the same contents (`snakemake --touch`, a remount, a copy without times)
+    must not throw away an interrupted run."""
+    data_cfg, labels = voc
+    touched = tmp_path / "touched"
+    shutil.copytree(labels, touched)
+    _killed_after_epoch_1(data_cfg, touched, tmp_path / "out")
+    for f in touched.iterdir():
+        os.utime(f, (f.stat().st_atime + 100, f.stat().st_mtime + 100))
+    epochs = []
+    train_seg(data_cfg, "train", touched, tmp_path / "out", TINY, device="cpu",
+              on_epoch_end=lambda ep, m: epochs.append(ep))
+    assert epochs == [2]
 
 
 def test_missing_pseudo_label_names_the_file(voc, tmp_path):
