@@ -1,7 +1,8 @@
 """Have the ablation rows' losses flattened? One figure of every row's loss curves and a table.
 
 Reads ``<run>/cam/losses.csv`` (written by ``s2c train_cam``: one line per optimizer step) of each
-run folder given, e.g. every row of one seed of the coco-plus Table 1, and
+run folder given, e.g. every row of one seed of the coco-plus Table 1 (``--stage seg``:
+``<run>/seg/losses.csv`` of the rows' seg nets, one line per ``seg.log_every`` steps), and
 
 - draws one panel per loss term (L_CLS, L_SSC, L_CPM and the total), one line per run: a moving
   average over ``--window`` steps over the raw values drawn faintly;
@@ -12,6 +13,7 @@ run folder given, e.g. every row of one seed of the coco-plus Table 1, and
 
     .venv/bin/python bench/loss_curves.py results/coco_plus_cpu_s2c/ablations/*/seed0 \\
         --png bench/results/coco_plus_losses_seed0.png --out bench/results/coco_plus_losses_seed0.txt
+    .venv/bin/python bench/loss_curves.py --stage seg --window 5 results/coco_plus_cpu_s2c/ablations/{baseline,s2c}/seed0
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from s2c.plots import plt, save_figure
 TERMS = ("loss_cls", "loss_ssc", "loss_cpm", "loss")
 
 
-def read_losses(run: Path) -> dict[str, np.ndarray]:
-    """The columns of ``run/cam/losses.csv`` as float arrays (empty cells → NaN)."""
-    path = run / "cam" / "losses.csv"
+def read_losses(run: Path, stage: str = "cam") -> dict[str, np.ndarray]:
+    """The columns of ``run/<stage>/losses.csv`` as float arrays (empty cells → NaN)."""
+    path = run / stage / "losses.csv"
     if not path.is_file():
-        raise SystemExit(f"loss_curves: error: {path} not found (a run folder holds cam/losses.csv)")
+        raise SystemExit(f"loss_curves: error: {path} not found (a run folder holds {stage}/losses.csv)")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -70,21 +72,25 @@ def moving_average(y: np.ndarray, window: int) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders holding cam/losses.csv")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders holding <stage>/losses.csv")
+    p.add_argument("--stage", default="cam",
+                   help="the sub-folder holding losses.csv: cam (default), seg (a row's seg net), "
+                        "seg_gt (with the run's results folder: the seg ceiling on GT)")
     p.add_argument("--png", type=Path, help="the figure (one panel per loss term)")
     p.add_argument("--out", type=Path, help="also write the table here")
-    p.add_argument("--window", type=int, default=20, help="moving-average window in steps")
+    p.add_argument("--window", type=int, default=20, help="moving-average window in logged lines")
     a = p.parse_args()
 
-    runs = [(run_name(r), read_losses(r)) for r in a.runs]
+    runs = [(run_name(r), read_losses(r, a.stage)) for r in a.runs]
+    terms = [t for t in TERMS if any(trained(cols.get(t)) for _, cols in runs)]
     lines = ["run\tsteps\tloss\tfirst_quarter\tlast_quarter\tq3_to_q4_%"]
     for name, cols in runs:
-        for t in TERMS:
+        for t in terms:
             y = cols.get(t)
             if not trained(y):
                 continue
             first, last, change = quarters(y)
-            lines.append(f"{name}\t{len(y)}\t{t}\t{first:.4f}\t{last:.4f}\t{change:+.1f}")
+            lines.append(f"{name}\t{int(cols['step'][-1])}\t{t}\t{first:.4f}\t{last:.4f}\t{change:+.1f}")
     table = "\n".join(lines)
     print(table)
     if a.out:
@@ -92,9 +98,10 @@ def main() -> None:
         a.out.write_text(table + "\n")
 
     if a.png:
-        fig, axes = plt.subplots(1, len(TERMS), figsize=(4.2 * len(TERMS), 3.6))
+        fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.6), squeeze=False)
+        axes = axes[0]
         colors = {name: f"C{i % 10}" for i, (name, _) in enumerate(runs)}  # one colour a run in every panel
-        for ax, t in zip(axes, TERMS):
+        for ax, t in zip(axes, terms):
             for name, cols in runs:
                 y = cols.get(t)
                 if not trained(y):

@@ -44,3 +44,19 @@ def test_missing_losses_file(tmp_path):
     r = run(str(tmp_path / "nothing"))
     assert r.returncode != 0
     assert "cam/losses.csv" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_seg_stage(tmp_path):
+    """--stage seg reads <run>/seg/losses.csv (one line per seg.log_every steps): its one loss, the
+    step column's last value as the run's steps, one panel."""
+    run_dir = tmp_path / "s2c" / "seed0"
+    (run_dir / "seg").mkdir(parents=True)
+    lines = ["step,epoch,loss,lr"] + [f"{10 * (i + 1)},1,{v},0.001" for i, v in enumerate([4.0, 4.0, 2.0, 1.0])]
+    (run_dir / "seg" / "losses.csv").write_text("\n".join(lines) + "\n")
+    png, out = tmp_path / "seg.png", tmp_path / "seg.txt"
+    r = run("--stage", "seg", str(run_dir), "--png", str(png), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().splitlines()[1].split("\t") == ["s2c/seed0", "40", "loss", "4.0000", "1.0000", "-50.0"]
+    assert png.stat().st_size > 0
+    r = run("--stage", "seg", str(tmp_path / "nothing"))
+    assert r.returncode != 0 and "seg/losses.csv" in r.stderr
