@@ -13,6 +13,12 @@
 #   bash bench/coco_plus_table.sh --gpu      # the dataset config alone (paper-like schedule)
 #   SEEDS="0" bash bench/coco_plus_table.sh  # some seeds only
 #
+# Environment: OVERLAY (more config files over the CPU overlay, e.g. config/coco_plus_gpu.yaml),
+# OUT (the table's path without .tsv), ALL_SEEDS=1 (one Snakemake call over every seed, so that the
+# seeds' jobs run side by side), SMK_ARGS (more Snakemake arguments), CORES, STAMP (the
+# command the table names); bench/coco_plus_gpu.sh
+# sets them for one GPU.
+#
 # Resumable: Snakemake skips finished jobs and train_cam / train_seg continue from their last
 # epoch checkpoint, so on a 2-core machine the work can be spread over several sessions.
 set -euo pipefail
@@ -20,6 +26,10 @@ cd "$(dirname "$0")/.."
 configs=(config/coco_plus.yaml config/coco_plus_cpu.yaml)
 out=bench/results/coco_plus
 if [ "${1:-}" = "--gpu" ]; then configs=(config/coco_plus.yaml); out=bench/results/coco_plus_full; fi
+read -r -a overlays <<< "${OVERLAY:-}"
+configs+=("${overlays[@]}")
+out=${OUT:-$out}
+read -r -a smk_args <<< "${SMK_ARGS:-}"
 read -r run rows seeds < <(.venv/bin/python -c 'import sys, yaml; c = {}
 for f in sys.argv[1:]: c.update(yaml.safe_load(open(f)))
 a = c.get("ablations", {})
@@ -28,17 +38,25 @@ rows = ([WARMUP_ROW] if a.get("warmup") else []) + a.get("rows", ["baseline", "s
 print(c["run"], ",".join(rows), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
 seeds=${SEEDS:-${seeds//,/ }}
 abl="results/${run}/ablations"
-for seed in $seeds; do
-  targets=()
+targets_of() {  # the targets of one seed
+  local row
   for row in ${rows//,/ }; do
-    targets+=("${abl}/${row}/seed${seed}/metrics/cam_train.json")
+    echo "${abl}/${row}/seed$1/metrics/cam_train.json"
   done
   for row in baseline s2c; do
-    targets+=("${abl}/${row}/seed${seed}/metrics/pseudo_train.json" "${abl}/${row}/seed${seed}/metrics/seg_val.json")
+    echo "${abl}/${row}/seed$1/metrics/pseudo_train.json" "${abl}/${row}/seed$1/metrics/seg_val.json"
+  done
+}
+batches=$seeds
+[ "${ALL_SEEDS:-0}" = 1 ] && batches=all
+for batch in $batches; do
+  targets=()
+  for seed in $seeds; do
+    if [ "$batch" = all ] || [ "$batch" = "$seed" ]; then read -r -a t <<< "$(targets_of "$seed" | tr '\n' ' ')"; targets+=("${t[@]}"); fi
   done
   # targets first: --configfile takes every word after it
-  .venv/bin/snakemake "${targets[@]}" --cores "${CORES:-2}" --rerun-triggers mtime --keep-going \
-    --configfile "${configs[@]}" || echo "seed ${seed}: some jobs failed (see the logs above); the table keeps what finished" >&2
+  .venv/bin/snakemake "${targets[@]}" --cores "${CORES:-2}" --rerun-triggers mtime --keep-going "${smk_args[@]}" \
+    --configfile "${configs[@]}" || echo "seeds ${batch}: some jobs failed (see the logs above); the table keeps what finished" >&2
 done
 runs=()
 for seed in $seeds; do
@@ -46,8 +64,9 @@ for seed in $seeds; do
     [ -f "${abl}/${row}/seed${seed}/metrics/cam_train.json" ] && runs+=("${abl}/${row}/seed${seed}")
   done
 done
+if [ ${#runs[@]} -eq 0 ]; then echo "no finished run in ${abl}: no table" >&2; exit 0; fi
 mkdir -p bench/results
 merge=()
 [ -f "${out}.tsv" ] && merge=(--merge "${out}.tsv")
 .venv/bin/s2c ablations --runs "${runs[@]}" --out "${out}.tsv" "${merge[@]}" \
-  --command "bash bench/coco_plus_table.sh $*" | tee "${out}.txt"
+  --command "${STAMP:-bash bench/coco_plus_table.sh $*}" | tee "${out}.txt"

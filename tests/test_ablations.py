@@ -178,23 +178,33 @@ def test_se_store_is_named_by_its_settings(tmp_path):
 
 
 def test_coco_plus_gpu_overlay_plans_the_table(tmp_path):
-    """bench/coco_plus_gpu.sh's configs: six CAM and six seg runs over one 32-points-per-side SE store."""
+    """bench/coco_plus_gpu.sh's configs: the CPU overlay's table (its rows, seeds and warm-up) over one
+    32-points-per-side SE store; the CPU overlay's settings otherwise."""
     import yaml
 
     from s2c.defaults import settings_tag
     from test_workflow import _with_fake_inputs
 
     merged = yaml.safe_load((REPO / "config/coco_plus.yaml").read_text())
-    for k, v in yaml.safe_load((REPO / "config/coco_plus_gpu.yaml").read_text()).items():
-        merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    for name in ("coco_plus_cpu.yaml", "coco_plus_gpu.yaml"):
+        for k, v in yaml.safe_load((REPO / "config" / name).read_text()).items():
+            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    cpu = yaml.safe_load((REPO / "config/coco_plus_cpu.yaml").read_text())
     assert merged["sam"]["everything"]["points_per_side"] == 32
+    assert all(merged["ablations"][k] == v for k, v in cpu["ablations"].items())
+    assert merged["cam"]["micro_batch"] == cpu["cam"]["micro_batch"]
     src = tmp_path / "gpu.yaml"
     src.write_text(yaml.safe_dump(merged))
     cfg = _with_fake_inputs(tmp_path, src)
-    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "ablations", "--cores", "16",
-              "--resources", "gpu=6", "--configfile", str(cfg))
+    a = cpu["ablations"]
+    targets = [f"results/{merged['run']}/ablations/{row}/seed{seed}/metrics/cam_train.json"
+               for row in a["rows"] for seed in a["seeds"]]
+    out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", *targets, "--cores", "16",
+              "--resources", "gpu=8", "--configfile", str(cfg))
     jobs = _jobs(out.stdout + out.stderr)
-    assert jobs["ablation_train_cam"] == 6 and jobs["ablation_train_seg"] == 6 and jobs["sam_everything"] == 1
+    n_seeds = len(a["seeds"])
+    assert jobs["ablation_train_cam"] == (len(a["rows"]) + 1) * n_seeds  # + the shared warm-up
+    assert jobs["ablation_probe_cam"] == n_seeds and jobs["sam_everything"] == 1
     assert _se_stores(out.stdout) == {f"se-{settings_tag({'points_per_side': 32})}"}
 
 
