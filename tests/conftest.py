@@ -30,6 +30,21 @@ def synthetic_voc(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_gt_labels(synthetic_voc, tmp_path_factory) -> tuple[dict, Path]:
+    """(data_cfg, labels_dir): the synthetic train split's GT masks written as ``<id>.png`` palette
+    pseudo-labels, for seg-training tests. Treat as read-only (session-shared)."""
+    from s2c.data import open_dataset
+    from s2c.stages.eval_seg import save_palette_png
+
+    data_cfg = {"kind": "voc", "root": str(synthetic_voc), "class_set": "voc20"}
+    ds = open_dataset(data_cfg, "train")
+    labels = tmp_path_factory.mktemp("gt_labels")
+    for i in ds.ids:
+        save_palette_png(labels / f"{i}.png", ds.load_mask(i))
+    return data_cfg, labels
+
+
+@pytest.fixture(scope="session")
 def coco_mini_root() -> Path:
     """Root of the real 315-image COCO sample (``<repo>/../shared/data/coco-mini``); skips when absent."""
     if not (COCO_MINI / "annotations" / "instances_val.json").is_file():

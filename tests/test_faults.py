@@ -447,20 +447,13 @@ SEG_TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "output_strid
             "batch_size": 4, "crop_size": 64, "num_workers": 0, "log_every": 1}
 
 
-def test_rerun_forced_train_seg_retrains_and_writes_every_output(synthetic_voc, tmp_path, caplog):
+def test_rerun_forced_train_seg_retrains_and_writes_every_output(synthetic_gt_labels, tmp_path, caplog):
     """`snakemake -R train_seg` deletes model.pt and losses.png, then runs the job over the final
     checkpoint: it must train again and write both (before: losses.png missing → Snakemake
     deleted model.pt)."""
-    from s2c.data import open_dataset
-    from s2c.stages.eval_seg import save_palette_png
     from s2c.stages.train_seg import train_seg
 
-    data_cfg = {"kind": "voc", "root": str(synthetic_voc)}
-    ds = open_dataset(data_cfg, "train")
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    for i in ds.ids:
-        save_palette_png(labels / f"{i}.png", ds.load_mask(i))
+    data_cfg, labels = synthetic_gt_labels
     out = tmp_path / "seg"
     train_seg(data_cfg, "train", labels, out, SEG_TINY, device="cpu")
     ckpt_mtime = (out / "last.pt").stat().st_mtime_ns

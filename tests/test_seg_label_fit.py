@@ -7,21 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s2c.data import open_dataset
-from s2c.stages.eval_seg import save_palette_png
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "efficientnet_lite0", "pretrained": False, "epochs": 3, "batch_size": 4, "crop_size": 64,
         "num_workers": 0, "log_every": 1}
 
 
-def test_table_of_stopped_runs(synthetic_voc, tmp_path):
-    data_cfg = {"kind": "voc", "root": str(synthetic_voc), "class_set": "voc20"}
-    ds = open_dataset(data_cfg, "train")
-    labels = tmp_path / "gt"
-    labels.mkdir()
-    for i in ds.ids:
-        save_palette_png(labels / f"{i}.png", ds.load_mask(i))
+def test_table_of_stopped_runs(synthetic_gt_labels, tmp_path):
+    data_cfg, labels = synthetic_gt_labels
     out = tmp_path / "table.txt"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "seg_label_fit.py"), "--data-cfg", json.dumps(data_cfg),
                         "--cfg", json.dumps(TINY), "--labels", f"gt={labels}", "--seeds", "0", "1",

@@ -29,14 +29,9 @@ class Killed(Exception):
 
 
 @pytest.fixture(scope="module")
-def voc(synthetic_voc, tmp_path_factory):
+def voc(synthetic_gt_labels):
     """(data_cfg, labels_dir): train-split GT masks written as <id>.png pseudo-labels."""
-    data_cfg = {"kind": "voc", "root": str(synthetic_voc), "class_set": "voc20"}
-    ds = open_dataset(data_cfg, "train")
-    labels = tmp_path_factory.mktemp("pseudo")
-    for i in ds.ids:
-        save_palette_png(labels / f"{i}.png", ds.load_mask(i))
-    return data_cfg, labels
+    return synthetic_gt_labels
 
 
 @pytest.fixture(scope="module")
