@@ -16,8 +16,7 @@
 # Environment: OVERLAY (more config files over the CPU overlay, e.g. config/coco_plus_gpu.yaml),
 # OUT (the table's path without .tsv), ALL_SEEDS=1 (one Snakemake call over every seed, so that the
 # seeds' jobs run side by side), SMK_ARGS (more Snakemake arguments), CORES, STAMP (the
-# command the table names); bench/coco_plus_gpu.sh
-# sets them for one GPU.
+# command the table names); bench/coco_plus_gpu.sh sets them for one GPU.
 #
 # Resumable: Snakemake skips finished jobs and train_cam / train_seg continue from their last
 # epoch checkpoint, so on a 2-core machine the work can be spread over several sessions.
@@ -38,21 +37,17 @@ rows = ([WARMUP_ROW] if a.get("warmup") else []) + a.get("rows", ["baseline", "s
 print(c["run"], ",".join(rows), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
 seeds=${SEEDS:-${seeds//,/ }}
 abl="results/${run}/ablations"
-targets_of() {  # the targets of one seed
-  local row
-  for row in ${rows//,/ }; do
-    echo "${abl}/${row}/seed$1/metrics/cam_train.json"
-  done
-  for row in baseline s2c; do
-    echo "${abl}/${row}/seed$1/metrics/pseudo_train.json" "${abl}/${row}/seed$1/metrics/seg_val.json"
-  done
-}
-batches=$seeds
-[ "${ALL_SEEDS:-0}" = 1 ] && batches=all
-for batch in $batches; do
+# one Snakemake call per seed, or one over every seed (ALL_SEEDS=1)
+if [ "${ALL_SEEDS:-0}" = 1 ]; then batches=("$seeds"); else read -r -a batches <<< "$seeds"; fi
+for batch in "${batches[@]}"; do
   targets=()
-  for seed in $seeds; do
-    if [ "$batch" = all ] || [ "$batch" = "$seed" ]; then read -r -a t <<< "$(targets_of "$seed" | tr '\n' ' ')"; targets+=("${t[@]}"); fi
+  for seed in $batch; do
+    for row in ${rows//,/ }; do
+      targets+=("${abl}/${row}/seed${seed}/metrics/cam_train.json")
+    done
+    for row in baseline s2c; do
+      targets+=("${abl}/${row}/seed${seed}/metrics/pseudo_train.json" "${abl}/${row}/seed${seed}/metrics/seg_val.json")
+    done
   done
   # targets first: --configfile takes every word after it
   .venv/bin/snakemake "${targets[@]}" --cores "${CORES:-2}" --rerun-triggers mtime --keep-going "${smk_args[@]}" \
