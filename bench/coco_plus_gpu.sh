@@ -7,7 +7,8 @@
 #
 #   bash bench/coco_plus_gpu.sh              # on the GPU machine (weights/ and the data in place)
 #   bash bench/coco_plus_gpu.sh --dry-run    # the job plan only, anywhere
-#   JOBS=4 bash bench/coco_plus_gpu.sh       # fewer runs at once
+#   JOBS=4 bash bench/coco_plus_gpu.sh       # fewer runs at once (each takes 2 threads)
+#   ROWS="warmup baseline s2c" bash bench/coco_plus_gpu.sh   # some rows (see coco_plus_table.sh)
 #
 # Writes bench/results/coco_plus_gpu_<GPU name>.tsv/.txt (the columns of bench/results/coco_plus.tsv,
 # per-seed paired differences against the baseline) and prints the wall time. Resumable like every
@@ -21,7 +22,7 @@ dry=""
 [ "${1:-}" = "--dry-run" ] && dry="-n"
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9\n' '_' || true)
 start=$(date +%s)
-OVERLAY="config/coco_plus_gpu.yaml ${EXTRA_CONFIG:-}" OUT="bench/results/coco_plus_gpu_${name:-cpu}" ALL_SEEDS=1 CORES="$(nproc)" \
+OVERLAY="config/coco_plus_gpu.yaml ${EXTRA_CONFIG:-}" OUT="bench/results/coco_plus_gpu_${name:-cpu}" ALL_SEEDS=1 CORES="$(( 2 * JOBS ))" \
   STAMP="bash bench/coco_plus_gpu.sh (JOBS=$JOBS)" \
   SMK_ARGS="$dry --resources gpu=$JOBS --set-threads ablation_probe_cam=2 ablation_train_cam=2 ablation_train_seg=2 ablation_infer_cam=2 ablation_eval_seg=2 ablation_pseudo_labels=2 ${SMK_ARGS:-}" \
   bash bench/coco_plus_table.sh

@@ -12,6 +12,8 @@
 #   bash bench/coco_plus_table.sh            # CPU protocol: config/coco_plus_cpu.yaml overlay
 #   bash bench/coco_plus_table.sh --gpu      # the dataset config alone (paper-like schedule)
 #   SEEDS="0" bash bench/coco_plus_table.sh  # some seeds only
+#   ROWS="baseline s2c" bash bench/coco_plus_table.sh   # some rows only (the warm-up is built as
+#                                            # their input either way; name it to score it)
 #
 # Environment: OVERLAY (more config files over the CPU overlay, e.g. config/coco_plus_gpu.yaml),
 # OUT (the table's path without .tsv), ALL_SEEDS=1 (one Snakemake call over every seed, so that the
@@ -36,6 +38,7 @@ from s2c.sections import WARMUP_ROW  # the shared warm-up, scored too
 rows = ([WARMUP_ROW] if a.get("warmup") else []) + a.get("rows", ["baseline", "s2c"])
 print(c["run"], ",".join(rows), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
 seeds=${SEEDS:-${seeds//,/ }}
+rows=${ROWS:-$rows}
 abl="results/${run}/ablations"
 # one Snakemake call per seed, or one over every seed (ALL_SEEDS=1)
 if [ "${ALL_SEEDS:-0}" = 1 ]; then batches=("$seeds"); else read -r -a batches <<< "$seeds"; fi
@@ -46,6 +49,7 @@ for batch in "${batches[@]}"; do
       targets+=("${abl}/${row}/seed${seed}/metrics/cam_train.json")
     done
     for row in baseline s2c; do
+      [[ " ${rows//,/ } " == *" $row "* ]] || continue
       targets+=("${abl}/${row}/seed${seed}/metrics/pseudo_train.json" "${abl}/${row}/seed${seed}/metrics/seg_val.json")
     done
   done
