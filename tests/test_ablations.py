@@ -239,3 +239,27 @@ def test_ablation_table_merge_names_a_bad_table(tmp_path):
     (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(S2CError, match="x.tsv: not an ablation table"):
         at.read_table(tmp_path / "x.tsv")
+
+
+def test_coco_plus_table_script_plans_the_rows_asked(tmp_path):
+    """bench/coco_plus_table.sh with ROWS / SEEDS: CAM runs for those rows and seeds only, and
+    pseudo-labels + seg nets only for the baseline / s2c rows among them (a dry run on a stand-in
+    dataset: the script's own target list, the repo's configs)."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from test_workflow import _with_fake_inputs
+
+    fake = yaml.safe_load(_with_fake_inputs(tmp_path, "config/coco_plus.yaml").read_text())
+    overlay = tmp_path / "data.yaml"
+    overlay.write_text(yaml.safe_dump({"data": {"root": fake["data"]["root"]}}))
+    env = {**os.environ, "ROWS": "warmup baseline cpm_only", "SEEDS": "0 1", "ALL_SEEDS": "1",
+           "OVERLAY": str(overlay), "OUT": str(tmp_path / "table"), "SMK_ARGS": f"-n -d {tmp_path / 'w'}"}
+    out = subprocess.run(["bash", str(REPO / "bench/coco_plus_table.sh")], env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    jobs = _jobs(out.stdout + out.stderr)
+    assert jobs["ablation_train_cam"] == 3 * 2 and jobs["ablation_probe_cam"] == 2
+    assert jobs["ablation_pseudo_labels"] == 2 and jobs["ablation_train_seg"] == 2  # the baseline's, not s2c's
+    assert "no finished run" in out.stderr and not (tmp_path / "table.tsv").exists()
