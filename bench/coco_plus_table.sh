@@ -38,18 +38,18 @@ from s2c.sections import WARMUP_ROW  # the shared warm-up, scored too
 rows = ([WARMUP_ROW] if a.get("warmup") else []) + a.get("rows", ["baseline", "s2c"])
 print(c["run"], ",".join(rows), ",".join(map(str, a.get("seeds", [0]))))' "${configs[@]}")
 seeds=${SEEDS:-${seeds//,/ }}
-rows=${ROWS:-$rows}
+rows=${ROWS:-${rows//,/ }}
 abl="results/${run}/ablations"
 # one Snakemake call per seed, or one over every seed (ALL_SEEDS=1)
 if [ "${ALL_SEEDS:-0}" = 1 ]; then batches=("$seeds"); else read -r -a batches <<< "$seeds"; fi
 for batch in "${batches[@]}"; do
   targets=()
   for seed in $batch; do
-    for row in ${rows//,/ }; do
+    for row in $rows; do
       targets+=("${abl}/${row}/seed${seed}/metrics/cam_train.json")
     done
     for row in baseline s2c; do
-      [[ " ${rows//,/ } " == *" $row "* ]] || continue
+      [[ " $rows " == *" $row "* ]] || continue
       targets+=("${abl}/${row}/seed${seed}/metrics/pseudo_train.json" "${abl}/${row}/seed${seed}/metrics/seg_val.json")
     done
   done
@@ -59,7 +59,7 @@ for batch in "${batches[@]}"; do
 done
 runs=()
 for seed in $seeds; do
-  for row in ${rows//,/ }; do
+  for row in $rows; do
     [ -f "${abl}/${row}/seed${seed}/metrics/cam_train.json" ] && runs+=("${abl}/${row}/seed${seed}")
   done
 done
