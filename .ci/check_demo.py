@@ -2,10 +2,15 @@
 or differs by more than TOLERANCE points.
 
     python .ci/check_demo.py demo.log README.md
+
+It also prints the CPU it ran on: the demo repeats to the last bit on one CPU model, but another
+model's vector kernels round differently and the short training lands elsewhere (docs/USAGE.md,
+"Determinism"), so a failure log must say which machine made the numbers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +27,26 @@ def table(text: str) -> dict[str, float]:
     return out
 
 
+def machine() -> str:
+    """CPU model, whether it has AVX-512, the vector code PyTorch picked, and the usable cores."""
+    model, avx512 = "unknown CPU", False
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                avx512 = " avx512f " in f" {line.split(':', 1)[1]} "
+    except OSError:
+        pass
+    try:
+        import torch
+
+        kernels = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        kernels = "torch not importable"
+    return f"{model}, AVX-512 {'yes' if avx512 else 'no'}, PyTorch CPU kernels {kernels}, {os.cpu_count()} cores"
+
+
 def main(log: str, readme: str) -> int:
     printed = table(Path(log).read_text(errors="replace"))
     text = Path(readme).read_text()
@@ -30,6 +55,7 @@ def main(log: str, readme: str) -> int:
     if not documented:
         print(f"{readme}: no demo metric table (a code block with 'CAM (train)')")
         return 1
+    print(f"machine: {machine()}")
     bad = 0
     for name, want in documented.items():
         got = printed.get(name)

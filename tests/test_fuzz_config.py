@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
@@ -384,11 +384,13 @@ def _yaml_safe(cfg: dict) -> bool:
 @pytest.mark.fuzz
 @settings(max_examples=25, **FUZZ)
 @given(near_valid(st.just(SHIPPED[0]).map(_shipped)))
+@example(case=(*mutate(_shipped(SHIPPED[0]), ("data", "root"), "wrong type", [1, "x"]), "data.root wrong type"))
 def test_fuzz_long_dag_build_of_mutated_configs(tmp_path_factory, case):
     """The in-process check above is what Snakemake runs: the same configs through `snakemake -n`."""
     cfg, key, what = case
     tmp = tmp_path_factory.mktemp("dag")
-    cfg["data"]["root"] = str(tmp)
+    if isinstance(cfg.get("data"), dict) and tuple(key[:2]) != ("data", "root"):
+        cfg["data"]["root"] = str(tmp)  # a folder that exists; a mutated root must stay mutated
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     out = smk("-s", str(REPO / "Snakefile"), "-d", str(tmp / "work"), "-n", "--cores", "1",
