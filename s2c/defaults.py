@@ -19,6 +19,22 @@ from typing import Any
 from .config import coerce_scalar, merge_section
 from .errors import S2CError
 
+# ------------------------------------------------------------------ CPU kernels
+#: The workflow-level ``cpu_kernels`` key. PyTorch picks its CPU vector code (ATen's kernels, oneDNN's
+#: convolutions) by the instruction set it finds, so one commit, config and thread count repeat a run
+#: to the last bit on one CPU model but not on another. ``portable`` caps both at code every x86-64
+#: CPU since SSE4.1 runs the same way: slower, the same numbers on any such machine.
+CPU_KERNELS = ("native", "portable")
+PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41"}
+
+
+def cpu_kernel_env(mode: str) -> dict[str, str]:
+    """The environment the workflow's jobs get for ``cpu_kernels: <mode>`` (``native``: nothing)."""
+    if mode not in CPU_KERNELS:
+        raise S2CError(f"cpu_kernels: {mode!r} is not one of {', '.join(CPU_KERNELS)}")
+    return dict(PORTABLE_CPU_ENV) if mode == "portable" else {}
+
+
 # ------------------------------------------------------------------ the classifier and DeepLab
 #: The model keys of the ``cam`` section (:func:`s2c.models.build_classifier`).
 CAM_DEFAULTS = {

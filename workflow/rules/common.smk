@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from s2c.data import split_list_file
-from s2c.defaults import decodes_cached_embedding, settings_tag
+from s2c.defaults import cpu_kernel_env, decodes_cached_embedding, settings_tag
 from s2c.errors import S2CError
 from s2c.sections import SAM_EMBED_DEFAULTS, SAM_EVERYTHING_DEFAULTS, cam_caches, resolve_sections
 from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
@@ -16,6 +17,16 @@ from s2c.weights import EFFNET_LITE0_FILE, MOBILE_SAM_FILE, sam_checkpoint_path
 # Jobs run `s2c <stage>` (the console script beside the interpreter that runs Snakemake), so
 # `.venv/bin/snakemake` works without activating the venv (cluster jobs inherit PATH too).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# cpu_kernels: portable pins every job's CPU code paths (s2c.defaults.cpu_kernel_env); jobs read
+# these variables when torch starts, so setting them here reaches local and cluster jobs alike.
+CPU_KERNEL_ENV = cpu_kernel_env(config["cpu_kernels"])
+os.environ.update(CPU_KERNEL_ENV)
+if CPU_KERNEL_ENV:
+    logger.info(
+        "cpu_kernels: portable ("
+        + " ".join(f"{k}={v}" for k, v in CPU_KERNEL_ENV.items())
+        + ")"
+    )
 RESULTS = f"results/{config['run']}"
 WEIGHTS = config["weights_dir"]
 SAM = config["sam"]
