@@ -22,11 +22,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 CPU_KERNEL_ENV = cpu_kernel_env(config["cpu_kernels"])
 os.environ.update(CPU_KERNEL_ENV)
 if CPU_KERNEL_ENV:
-    logger.info(
-        "cpu_kernels: portable ("
-        + " ".join(f"{k}={v}" for k, v in CPU_KERNEL_ENV.items())
-        + ")"
-    )
+    logger.info("cpu_kernels: portable (" + " ".join(f"{k}={v}" for k, v in CPU_KERNEL_ENV.items()) + ")")
 RESULTS = f"results/{config['run']}"
 WEIGHTS = config["weights_dir"]
 SAM = config["sam"]
