@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,18 +17,35 @@ from s2c.io import save_label_png
 ROOT = Path(__file__).resolve().parents[1]
 README = """text
 
-```
+```text cpu=avx512
 metric                     mIoU %  floor %  extra
 ----------------------------------------------------------------
 CAM (train)                 60.97    21.07  bg threshold 0.50
 pseudo-labels (train)       89.04    21.07
 segmentation (val)          93.16
 ```
+
+the other kind:
+
+```text cpu=avx2
+metric                     mIoU %  floor %  extra
+----------------------------------------------------------------
+CAM (train)                 60.97    21.07  bg threshold 0.50
+pseudo-labels (train)       89.04    21.07
+segmentation (val)          96.16
+```
 """
 
 
-def _check(tmp_path, cam: float, pseudo: float, seg: float | None):
-    (tmp_path / "README.md").write_text(README)
+def _gate():
+    spec = importlib.util.spec_from_file_location("check_demo", ROOT / ".ci" / "check_demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check(tmp_path, cam: float, pseudo: float, seg: float | None, readme: str = README):
+    (tmp_path / "README.md").write_text(readme)
     rows = [f"CAM (train)                 {cam:.2f}    21.07  bg threshold 0.50",
             f"pseudo-labels (train)       {pseudo:.2f}    21.07"]
     if seg is not None:
@@ -37,14 +55,39 @@ def _check(tmp_path, cam: float, pseudo: float, seg: float | None):
                            str(tmp_path / "README.md")], capture_output=True, text=True, check=False)
 
 
+def test_demo_gate_reads_the_block_of_this_cpu_kind():
+    gate = _gate()
+    tables = gate.readme_tables(README)
+    assert tables["avx512"]["segmentation (val)"] == 93.16 and tables["avx2"]["segmentation (val)"] == 96.16
+    assert gate.cpu_kind({"sse4_1", "avx2", "avx512f"}) == "avx512"
+    assert gate.cpu_kind({"sse4_1", "avx2"}) == "avx2"
+    assert gate.cpu_kind(set()) == "other"
+    untagged = gate.readme_tables(README.replace("```text cpu=avx512", "```"))
+    assert set(untagged) == {None, "avx2"}
+
+
 def test_demo_gate_tolerance_and_machine(tmp_path):
-    ok = _check(tmp_path, 61.90, 88.10, 93.16)
+    kind = _gate().cpu_kind(_gate().cpu_flags()[1])
+    seg = 96.16 if kind == "avx2" else 93.16
+    readme = README if kind in ("avx2", "avx512") else README.replace("```text cpu=avx512", "```")
+    ok = _check(tmp_path, 61.90, 88.10, seg, readme)
     assert ok.returncode == 0, ok.stdout
-    assert ok.stdout.startswith("machine: ") and "cores" in ok.stdout.splitlines()[0]
-    far = _check(tmp_path, 62.10, 89.04, 93.16)  # 1.13 points off
+    first = ok.stdout.splitlines()[0]
+    assert first.startswith("machine: ") and f"cpu={kind}" in first and "cores" in first
+    far = _check(tmp_path, 62.10, 89.04, seg, readme)  # 1.13 points off
     assert far.returncode == 1 and "CAM (train)" in far.stdout and "DIFFERS" in far.stdout
-    missing = _check(tmp_path, 60.97, 89.04, None)
+    other_kind = _check(tmp_path, 60.97, 89.04, 96.16 if seg == 93.16 else 93.16, readme)  # the other block's seg
+    assert other_kind.returncode == 1 and "segmentation (val)" in other_kind.stdout
+    missing = _check(tmp_path, 60.97, 89.04, None, readme)
     assert missing.returncode == 1 and "missing" in missing.stdout
+
+
+def test_demo_gate_fails_without_a_block_for_this_cpu(tmp_path):
+    kind = _gate().cpu_kind(_gate().cpu_flags()[1])
+    other = "avx2" if kind == "avx512" else "avx512"
+    only_other = README.split("the other kind:")[0].replace("cpu=avx512", f"cpu={other}")
+    r = _check(tmp_path, 60.97, 89.04, 93.16, only_other)
+    assert r.returncode == 1 and f"no demo metric table for cpu={kind}" in r.stdout
 
 
 def _fake_run(root: Path, cam_shift: float, flip_pixels: int, mious: tuple[float, float, float]) -> None:
