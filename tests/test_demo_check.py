@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import yaml
 import zarr
 
 from s2c.io import save_label_png
@@ -127,8 +128,6 @@ def test_cpu_paths_table(tmp_path):
 def test_readme_blocks_agree_where_portable_kernels_promise_it():
     """The README's demo printouts: one per CPU kind CI has run on, the demo config asks for portable
     kernels, and the figures those make repeat (CAM, pseudo-labels) are the same in every block."""
-    import yaml
-
     tables = _gate().readme_tables((ROOT / "README.md").read_text())
     assert {"avx512", "avx2"} <= set(tables)
     assert yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["cpu_kernels"] == "portable"
