@@ -12,10 +12,11 @@ The check prints the machine, so a failure log says which CPU made the numbers.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
+
+from s2c.machine import cpu_flags, cpu_kind, describe
 
 TOLERANCE = 1.0
 ROW = re.compile(r"^(CAM \(train\)|pseudo-labels \(train\)|segmentation \(val\))\s+(\d+\.\d+)", re.M)
@@ -42,42 +43,11 @@ def readme_tables(text: str) -> dict[str | None, dict[str, float]]:
     return out
 
 
-def cpu_flags() -> tuple[str, set[str]]:
-    """(CPU model name, instruction-set flags) from /proc/cpuinfo; ("unknown CPU", set()) elsewhere."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, flags
-
-
-def cpu_kind(flags: set[str]) -> str:
-    """The README's name for a CPU's kind: its widest vector instruction set."""
-    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
-
-
-def machine() -> str:
-    """CPU model, its kind, the vector code PyTorch picks under this environment, and the usable cores."""
-    model, flags = cpu_flags()
-    try:
-        import torch
-
-        kernels = torch.backends.cpu.get_cpu_capability()
-    except ImportError:
-        kernels = "torch not importable"
-    return f"{model}, cpu={cpu_kind(flags)}, PyTorch CPU kernels {kernels}, {os.cpu_count()} cores"
-
-
 def main(log: str, readme: str) -> int:
     printed = table(Path(log).read_text(errors="replace"))
     tables = readme_tables(Path(readme).read_text())
     kind = cpu_kind(cpu_flags()[1])
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     documented = tables.get(kind, tables.get(None))
     if not documented:
         known = ", ".join(sorted(k or "untagged" for k in tables)) or "none"

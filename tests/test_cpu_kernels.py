@@ -1,14 +1,16 @@
-"""``cpu_kernels``: the environment ``portable`` gives every job, that torch and oneDNN obey it, and
-that the workflow sets it (the demo's config asks for it)."""
+"""``cpu_kernels``: the environment ``portable`` gives every job, that torch and oneDNN obey it, that
+the workflow sets it (the demo's config asks for it), and that printed figures name it (s2c.machine)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from s2c import machine
 from s2c.defaults import PORTABLE_CPU_ENV, cpu_kernel_env
 from s2c.errors import S2CError
 from test_workflow import smk
@@ -45,3 +47,34 @@ def test_workflow_sets_it_for_the_demo_only_when_asked():
     assert "cpu_kernels: portable (ATEN_CPU_CAPABILITY=default DNNL_MAX_CPU_ISA=SSE41)" in demo.stdout + demo.stderr
     native = smk("-n", "eval_voc", "--config", "cpu_kernels=native")
     assert "cpu_kernels:" not in native.stdout + native.stderr
+
+
+CPUINFO = """processor\t: 0
+model name\t: Some CPU
+flags\t\t: fpu sse4_1 avx avx2 fma
+processor\t: 1
+model name\t: Some CPU
+flags\t\t: fpu sse4_1 avx avx2 fma
+"""
+
+
+def test_machine_names_the_cpu_kind_and_the_kernels(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO)
+    assert machine.cpu_flags(info) == ("Some CPU", {"fpu", "sse4_1", "avx", "avx2", "fma"})
+    assert machine.cpu_flags(tmp_path / "absent") == ("unknown CPU", set())
+    assert machine.kernels({}) == "native"
+    assert machine.kernels(cpu_kernel_env("portable")) == "portable"
+    assert machine.kernels({"ATEN_CPU_CAPABILITY": "default"}) == "native"  # half a pin is not portable
+    assert machine.describe(cpuinfo=info).startswith("Some CPU, cpu=avx2, ")
+    assert ", cpu_kernels portable, " in machine.describe(cpu_kernel_env("portable"), info)
+
+
+def test_summary_prints_the_machine_under_the_table(tmp_path):
+    m = tmp_path / "cam_train.json"
+    m.write_text(json.dumps({"miou": 61.0, "iou": {"a": 61.0}, "threshold": 0.5}))
+    env = {**os.environ, **cpu_kernel_env("portable")}
+    out = subprocess.run([sys.executable, "-m", "s2c", "summary", str(m)], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    assert out[2].startswith("CAM (train)") and out[3] == ""
+    assert out[4].startswith("machine: ") and "cpu_kernels portable" in out[4]

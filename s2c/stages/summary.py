@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 
 from ..errors import S2CError, cli_main
 from ..io import atomic_path
+from ..machine import describe
 
 ROWS = {"cam_train": "CAM (train)", "pseudo_train": "pseudo-labels (train)", "seg_val": "segmentation (val)",
         "seg_gt_val": "seg on GT (val, ceiling)"}
@@ -40,7 +42,7 @@ def stage_times(bench_dir: Path) -> list[tuple[str, float]]:
     return out
 
 
-def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) -> str:
+def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = (), machine: str | None = None) -> str:
     lines = [f"{'metric':<24} {'mIoU %':>8} {'floor %':>8}  {'extra'}", "-" * 64]
     for key, m in metrics.items():
         extra = [f"bg threshold {m['threshold']:.2f}"] if m.get("threshold") is not None else []
@@ -50,6 +52,8 @@ def format_table(metrics: dict[str, dict], times: list[tuple[str, float]] = ()) 
         if m.get("above_floor") is False:
             extra.append("BELOW a model-free floor")
         lines.append(f"{ROWS.get(key, key):<24} {m['miou']:>8.2f} {floor}  {'; '.join(extra)}")
+    if machine:
+        lines += ["", f"machine: {machine}"]
     if times:
         lines += ["", f"{'stage':<32} {'wall s':>8}", "-" * 41]
         lines += [f"{name:<32} {sec:>8.1f}" for name, sec in times]
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tsv is not None:
         write_tsv(metrics, args.tsv)
     times = [t for d in args.bench if d.is_dir() for t in stage_times(d)]
-    print(format_table(metrics, times))
+    # the workflow's environment: the kernels its jobs get (the run's stages', unless they ran under
+    # another cpu_kernels setting)
+    print(format_table(metrics, times, describe(os.environ)))
     return 0
 
 
