@@ -17,9 +17,12 @@ import sys
 from pathlib import Path
 
 from s2c.machine import cpu_flags, cpu_kind, describe
+from s2c.stages.summary import ROWS
 
 TOLERANCE = 1.0
-ROW = re.compile(r"^(CAM \(train\)|pseudo-labels \(train\)|segmentation \(val\))\s+(\d+\.\d+)", re.M)
+# the demo's three metric lines, named as s2c summary prints them
+LABELS = "|".join(re.escape(ROWS[k]) for k in ("cam_train", "pseudo_train", "seg_val"))
+ROW = re.compile(rf"^({LABELS})\s+(\d+\.\d+)", re.M)
 FENCE = re.compile(r"```([^\n]*)\n(.*?)```", re.S)
 CPU_TAG = re.compile(r"\bcpu=([A-Za-z0-9_]+)")
 

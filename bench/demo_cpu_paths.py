@@ -18,9 +18,10 @@ import numpy as np
 import zarr
 
 from s2c.io import read_label_png
+from s2c.stages.summary import ROWS
 
 CACHE = "cache/demo_voc/vit_t/train_aug"
-METRICS = {"CAM (train)": "cam_train", "pseudo-labels (train)": "pseudo_train", "segmentation (val)": "seg_val"}
+METRICS = ("cam_train", "pseudo_train", "seg_val")
 
 
 def zarr_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -69,9 +70,9 @@ def main(a: str, b: str) -> int:
         print(f"{r[0]:<24} {r[1]:>16} {r[2]:>20}")
     print(f"\n{'metric':<24} {'A':>8} {'B':>8} {'B - A':>8}")
     print("-" * 51)
-    for name, stem in METRICS.items():
+    for stem in METRICS:
         ma, mb = (json.loads((r / f"results/demo/metrics/{stem}.json").read_text())["miou"] for r in (ra, rb))
-        print(f"{name:<24} {ma:>8.2f} {mb:>8.2f} {mb - ma:>+8.2f}")
+        print(f"{ROWS[stem]:<24} {ma:>8.2f} {mb:>8.2f} {mb - ma:>+8.2f}")
     return 0
 
 

@@ -23,7 +23,8 @@ from .errors import S2CError
 #: The workflow-level ``cpu_kernels`` key. PyTorch picks its CPU vector code (ATen's kernels, oneDNN's
 #: convolutions) by the instruction set it finds, so one commit, config and thread count repeat a run
 #: to the last bit on one CPU model but not on another. ``portable`` caps both at code every x86-64
-#: CPU since SSE4.1 runs the same way: slower, the same numbers on any such machine.
+#: CPU since SSE4.1 runs the same way: slower, and free of the instruction set, though not of every
+#: other difference between machines (docs/USAGE.md, "Determinism").
 CPU_KERNELS = ("native", "portable")
 PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41"}
 
